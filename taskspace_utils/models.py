@@ -1,0 +1,236 @@
+"""Model loading: local folders, Hugging Face hub names with revisions, and the offline suite.
+
+One entry point, :func:`load_model`, takes a *model spec* string and returns ``(model,
+tokenizer)`` in eval mode:
+
+=======================================  ==================================================
+``"path/to/folder"``                     a ``save_pretrained`` folder (model + tokenizer)
+``"EleutherAI/pythia-160m@step3000"``    a hub name, optionally ``@revision`` (branch, tag,
+                                         commit); from the local HF cache when offline
+``"tiny-m"``, ``"tiny-m@step500"``       the kit's offline suite (see :mod:`.pretrain`): the
+                                         final checkpoint, or the one at a given step
+=======================================  ==================================================
+
+``trust_remote_code`` is always off. Without network, a hub model that is not in the local cache
+fails at once with :class:`ModelNotAvailableError` (no retries, no hang) saying what to do.
+
+Public functions
+----------------
+- :func:`load_model` — resolve a spec and load model and tokenizer.
+- :func:`parse_spec` — split ``name@revision``.
+- :func:`suite_root`, :func:`suite_checkpoint_dir`, :func:`list_suite` — where the offline
+  suite lives (``$TASKSPACE_SUITE_DIR``, default ``~/.cache/taskspace/suite``).
+- :func:`default_device`, :func:`resolve_dtype`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+__all__ = [
+    "ModelNotAvailableError",
+    "SUITE_NAME_PATTERN",
+    "load_model",
+    "parse_spec",
+    "suite_root",
+    "suite_checkpoint_dir",
+    "list_suite",
+    "default_device",
+    "resolve_dtype",
+    "count_parameters",
+]
+
+#: Names of the offline suite: ``tiny-s``, ``tiny-m``, ``tiny-l`` (and any ``tiny-*`` size a user
+#: builds), optionally with ``@stepN``.
+SUITE_NAME_PATTERN = re.compile(r"^(?P<size>tiny-[A-Za-z0-9_]+)(?:@step(?P<step>\d+))?$")
+
+
+class ModelNotAvailableError(RuntimeError):
+    """The model spec cannot be loaded here (not cached and no network, unknown name, suite not built)."""
+
+
+def default_device() -> torch.device:
+    """``cuda`` when a CUDA device is visible, else ``cpu``."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(dtype) -> torch.dtype | None:
+    """Accept ``None``, a ``torch.dtype`` or a name (``"float32"``, ``"bf16"``, ``"float64"`` ...)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+        "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
+        "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+        "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    }
+    try:
+        return names[str(dtype).lower().replace("torch.", "")]
+    except KeyError:
+        raise ValueError(f"dtype={dtype!r} is not one of {sorted(names)}") from None
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """``"name@rev"`` -> ``("name", "rev")``; ``"name"`` -> ``("name", None)``."""
+    if not isinstance(spec, (str, os.PathLike)) or not str(spec).strip():
+        raise ValueError(f"model spec must be a non-empty string, got {spec!r}")
+    text = str(spec).strip()
+    if "@" in text:
+        name, _, revision = text.rpartition("@")
+        if not name or not revision:
+            raise ValueError(f"model spec {spec!r}: expected 'name@revision'")
+        return name, revision
+    return text, None
+
+
+def suite_root() -> Path:
+    """Folder of the offline suite: ``$TASKSPACE_SUITE_DIR`` or ``~/.cache/taskspace/suite``."""
+    env = os.environ.get("TASKSPACE_SUITE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "taskspace" / "suite"
+
+
+def list_suite(suite_dir: str | os.PathLike | None = None) -> dict[str, dict]:
+    """Built sizes of the suite: ``{size: suite.json record}`` (sizes without ``suite.json`` are
+    incomplete and left out)."""
+    root = Path(suite_dir) if suite_dir is not None else suite_root()
+    found = {}
+    if root.is_dir():
+        for record in sorted(root.glob("*/suite.json")):
+            found[record.parent.name] = json.loads(record.read_text(encoding="utf-8"))
+    return found
+
+
+def _build_hint(size: str) -> str:
+    return (
+        f"build it with `python run_all.py` (builds the whole suite when missing) or "
+        f"`python -m taskspace_utils.pretrain --size {size}`; set TASKSPACE_SUITE_DIR to use a suite "
+        "built elsewhere"
+    )
+
+
+def suite_checkpoint_dir(size: str, step: int | None = None, suite_dir: str | os.PathLike | None = None) -> Path:
+    """Folder of one checkpoint of the offline suite (``step=None``: the final one).
+
+    Layout: ``{root}/{size}/suite.json`` (written when the size is complete; holds ``steps`` and
+    ``final_step``) and ``{root}/{size}/step{N}/`` (model, tokenizer, ``checkpoint.json``).
+    """
+    root = Path(suite_dir) if suite_dir is not None else suite_root()
+    record_path = root / size / "suite.json"
+    if not record_path.exists():
+        raise ModelNotAvailableError(f"offline suite model {size!r} is not built in {root}: {_build_hint(size)}")
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    if step is None:
+        step = int(record["final_step"])
+    folder = root / size / f"step{int(step)}"
+    if not (folder / "config.json").exists():
+        steps = record.get("steps", [])
+        raise ModelNotAvailableError(f"offline suite model {size!r} has no checkpoint at step {step}; saved steps: {steps}")
+    return folder
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """True if a TCP connection to the configured hub endpoint opens within ``timeout`` seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get(
+        "TRANSFORMERS_OFFLINE", "0"
+    ).lower() in ("1", "true", "yes"):
+        return False
+    try:
+        from huggingface_hub import constants
+
+        endpoint = urlparse(constants.ENDPOINT)
+    except Exception:  # pragma: no cover - huggingface_hub always ships with transformers
+        return False
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(source: str, revision: str | None, local_only: bool, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = dict(revision=revision, local_files_only=local_only, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype if dtype is not None else torch.float32, **kwargs)
+    return model, tokenizer
+
+
+def _finish(model, tokenizer, device):
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.bos_token
+    if tokenizer.bos_token is None and tokenizer.eos_token is None:
+        raise ModelNotAvailableError(
+            "the tokenizer has neither a BOS nor an EOS token; sentence scoring needs one as the prefix"
+        )
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def load_model(spec: str | os.PathLike, device=None, dtype=None):
+    """Load ``(model, tokenizer)`` from a model spec (see the module docstring).
+
+    Args:
+        spec: local folder, hub ``name[@revision]``, or offline suite ``tiny-X[@stepN]``.
+        device: ``"cpu"``, ``"cuda"``, a ``torch.device``; ``None`` picks CUDA when present.
+        dtype: parameter dtype (``None``: float32; the kit's gradients and scores are computed in
+            the parameter dtype).
+
+    The model is returned in eval mode (dropout off) on ``device``. If the tokenizer has no pad
+    token, its EOS token is used for padding (scoring masks padding out, so the choice does not
+    matter). Raises :class:`ModelNotAvailableError` with a message saying what to do when the model
+    cannot be had here.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    dtype = resolve_dtype(dtype)
+    path = Path(str(spec)).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelNotAvailableError(f"{path}: folder has no config.json (not a save_pretrained model folder)")
+        return _finish(*_from_pretrained(str(path), None, True, dtype), device)
+
+    name, revision = parse_spec(str(spec))
+    match = SUITE_NAME_PATTERN.match(str(spec).strip())
+    if match:
+        step = match.group("step")
+        folder = suite_checkpoint_dir(match.group("size"), int(step) if step is not None else None)
+        return _finish(*_from_pretrained(str(folder), None, True, dtype), device)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelNotAvailableError(f"model spec {spec!r}: no such local folder")
+
+    try:  # the local HF cache first: no network needed, no network touched
+        return _finish(*_from_pretrained(name, revision, True, dtype), device)
+    except OSError:
+        pass
+    if not _hub_reachable():
+        what = f"{name!r}" + (f" at revision {revision!r}" if revision else "")
+        raise ModelNotAvailableError(
+            f"model {what} is not in the local Hugging Face cache and the hub cannot be reached (no "
+            "network). Either run once where the hub is reachable to cache it, pass the path of a "
+            "folder saved with save_pretrained, or use the kit's offline suite, e.g. "
+            "load_model('tiny-m') or load_model('tiny-m@step500')."
+        ) from None
+    try:
+        return _finish(*_from_pretrained(name, revision, False, dtype), device)
+    except OSError as err:
+        raise ModelNotAvailableError(f"cannot load model {spec!r} from the hub: {err}") from None
+
+
+def count_parameters(model, trainable_only: bool = False) -> int:
+    """Number of parameters (shared / tied tensors counted once)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) in seen or (trainable_only and not p.requires_grad):
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
