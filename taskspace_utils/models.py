@@ -45,6 +45,7 @@ __all__ = [
     "default_device",
     "resolve_dtype",
     "count_parameters",
+    "describe_model",
 ]
 
 #: Names of the offline suite: ``tiny-s``, ``tiny-m``, ``tiny-l`` (and any ``tiny-*`` size a user
@@ -234,3 +235,42 @@ def count_parameters(model, trainable_only: bool = False) -> int:
         seen.add(id(p))
         total += p.numel()
     return total
+
+
+def describe_model(spec: str | os.PathLike, model=None) -> dict:
+    """What a model spec names, for results tables: ``spec``, ``family`` (suite size, hub name or
+    folder name), ``revision``, ``step`` (from ``stepN`` revisions; the suite's final step for a
+    bare suite name; else ``None``), ``source`` (``suite``/``hub``/``local``) and, given the
+    loaded ``model``, ``n_parameters`` and ``n_non_embedding_parameters`` (without input and
+    output embeddings, the count scaling laws use)."""
+    text = str(spec).strip()
+    path = Path(text).expanduser()
+    match = SUITE_NAME_PATTERN.match(text)
+    if path.is_dir():
+        info = {"source": "local", "family": path.resolve().name, "revision": None, "step": None}
+        record = path / "checkpoint.json"
+        if record.exists():
+            meta = json.loads(record.read_text(encoding="utf-8"))
+            info["step"] = meta.get("step")
+            info["family"] = meta.get("size", info["family"])
+    elif match:
+        step = match.group("step")
+        if step is None:
+            try:
+                step = suite_checkpoint_dir(match.group("size")).name[len("step"):]
+            except ModelNotAvailableError:
+                step = None
+        info = {"source": "suite", "family": match.group("size"), "revision": f"step{step}" if step is not None else None,
+                "step": int(step) if step is not None else None}
+    else:
+        name, revision = parse_spec(text)
+        step = re.fullmatch(r"step(\d+)", revision or "")
+        info = {"source": "hub", "family": name, "revision": revision, "step": int(step.group(1)) if step else None}
+    info["spec"] = text
+    if model is not None:
+        info["n_parameters"] = count_parameters(model)
+        embeddings = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+        info["n_non_embedding_parameters"] = info["n_parameters"] - sum(
+            p.numel() for p in model.parameters() if id(p) in embeddings
+        )
+    return info

@@ -16,6 +16,8 @@ Contents
 - :func:`plot_transfer_bars`: what a tuned task (or phenomenon) transfers to, or receives from.
 - :func:`plot_alignment`: correlations with hypotheses (CIs, significance) across models/spaces.
 - :func:`plot_tradeoff`: generic labelled scatter (e.g. FTGD target gain vs. perplexity damage).
+- :func:`plot_trend`: a statistic against model size or training step, one line per group, with
+  confidence bands (notebook 05).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ __all__ = [
     "plot_transfer_bars",
     "plot_alignment",
     "plot_tradeoff",
+    "plot_trend",
 ]
 
 # BLiMP's 13 phenomena ("linguistics_term") and 4 fields, in the order colours are assigned.
@@ -361,6 +364,48 @@ def plot_tradeoff(
     if label:
         for _, row in frame.iterrows():
             ax.annotate(str(row[label]), (row[x], row[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_trend(
+    frame: pd.DataFrame,
+    x: str,
+    y: str,
+    hue: str | None = None,
+    ci: tuple[str, str] = ("ci_low", "ci_high"),
+    logx: bool = False,
+    symlogx: bool = False,
+    reference: float | None = None,
+    title: str | None = None,
+    ax: plt.Axes | None = None,
+) -> Figure:
+    """A statistic against model size or training step: one line per ``hue`` group (points sorted
+    by ``x``), a shaded band between the ``ci`` columns when present, an optional horizontal
+    ``reference`` line (e.g. chance or zero). ``logx`` for parameter counts; ``symlogx`` for steps
+    (Pythia-style log-spaced checkpoints that include step 0)."""
+    for column in [x, y] + ([hue] if hue else []):
+        if column not in frame.columns:
+            raise ValueError(f"frame: no column {column!r}; has {list(frame.columns)}")
+    fig, ax = _new_axes(ax, (6, 4))
+    groups = list(dict.fromkeys(frame[hue])) if hue else [None]
+    colours = sns.color_palette("colorblind", len(groups))
+    for colour, group in zip(colours, groups):
+        part = (frame if group is None else frame[frame[hue] == group]).sort_values(x)
+        ax.plot(part[x], part[y], marker="o", color=colour, label=None if group is None else str(group))
+        if all(c in part.columns for c in ci) and part[list(ci)].notna().any().any():
+            ax.fill_between(part[x], part[ci[0]], part[ci[1]], color=colour, alpha=0.2, linewidth=0)
+    if reference is not None:
+        ax.axhline(reference, color="#888888", linestyle="--", linewidth=0.8)
+    if logx:
+        ax.set_xscale("log")
+    elif symlogx:
+        ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    if hue:
+        ax.legend(title=hue, fontsize=8)
     if title:
         ax.set_title(title)
     return fig

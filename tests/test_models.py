@@ -99,3 +99,19 @@ def test_nonexistent_local_path():
 def test_count_parameters(tiny_lm):
     model, _ = tiny_lm
     assert models.count_parameters(model) == sum(p.numel() for p in model.parameters())
+
+
+def test_describe_model(tmp_path, monkeypatch, tiny_lm):
+    model, tok = tiny_lm
+    _fake_suite(tmp_path, model, tok)
+    monkeypatch.setenv("TASKSPACE_SUITE_DIR", str(tmp_path))
+    info = models.describe_model("tiny-x", model)
+    assert (info["source"], info["family"], info["step"], info["revision"]) == ("suite", "tiny-x", 10, "step10")
+    assert models.describe_model("tiny-x@step0")["step"] == 0
+    hub = models.describe_model("EleutherAI/pythia-160m@step3000")
+    assert (hub["source"], hub["family"], hub["step"]) == ("hub", "EleutherAI/pythia-160m", 3000)
+    assert models.describe_model("EleutherAI/pythia-160m")["step"] is None
+    emb = model.get_input_embeddings().weight.numel() + model.get_output_embeddings().weight.numel()
+    assert info["n_parameters"] - info["n_non_embedding_parameters"] == emb
+    local = models.describe_model(str(tmp_path / "tiny-x" / "step0"))
+    assert local["source"] == "local" and local["step"] == 0
