@@ -2,9 +2,9 @@
 
 A *run* folder holds one *unit* folder per model@revision (written by notebooks 01–04 through
 ``run_all.py``); each unit holds ``model_info.json`` (spec, family, step, parameters),
-``eval_blimp.csv``, ``data/pairs.parquet`` and, when those stages ran, ``task_space_gradient.csv``,
-``mask_overlap.csv``, ``differentials/`` and ``task_space_transfer.csv`` /
-``task_space_transfer_margin.csv``. This module reads them all and answers the paper's three
+``eval_blimp.csv``, ``data/pairs.parquet`` and, when those stages ran, the gradient stage's folder
+``gradients_<variant>/`` (``task_space_gradient.csv``, ``mask_overlap.csv``, ``differentials/``;
+see :func:`gradient_dir`) and ``task_space_transfer.csv`` / ``task_space_transfer_margin.csv``. This module reads them all and answers the paper's three
 questions, always against the untrained initialisation (step 0) as baseline:
 
 1. **Generalisation to phenomena** — alignment of each space with the phenomenon and field
@@ -46,6 +46,7 @@ __all__ = [
     "ComparisonConfig",
     "SPACE_FILES",
     "discover_units",
+    "gradient_dir",
     "load_unit_spaces",
     "unit_alignment",
     "baseline_differences",
@@ -59,12 +60,26 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Task spaces a unit may hold: name -> file in the unit folder.
+#: Task spaces a unit may hold: name -> file (transfer spaces in the unit folder, the gradient
+#: space in :func:`gradient_dir`).
 SPACE_FILES = {
     "transfer": "task_space_transfer.csv",
     "transfer_margin": "task_space_transfer_margin.csv",
     "gradient": "task_space_gradient.csv",
 }
+
+
+def gradient_dir(folder) -> Path:
+    """Where a unit's gradient-stage results live: ``gradients_sentence/`` (notebook 02's default
+    variant), else another ``gradients_*/``, else ``transfer_differentials/`` (computed by notebook
+    04 when 02 did not run), else the unit folder itself."""
+    folder = Path(folder)
+    candidates = [folder / "gradients_sentence", *sorted(folder.glob("gradients_*")),
+                  folder / "transfer_differentials", folder]
+    for candidate in candidates:
+        if (candidate / "task_space_gradient.csv").exists() or (candidate / "differentials").is_dir():
+            return candidate
+    return folder
 
 
 @dataclass
@@ -93,6 +108,17 @@ class ComparisonConfig:
     lexical_controls: bool = True
     sharing_k: float | None = None
     modules: bool = True
+
+
+def _attempt(what: str, fn, *args, **kwargs):
+    """Run one statistic; if the data are too few for it (a ``ValueError`` from
+    :mod:`taskspace_utils.spaces`, e.g. fewer than 2 within-group pairs in a 3-task smoke run),
+    warn with the reason and return ``None`` so the other tables are still produced."""
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as err:
+        warnings.warn(f"{what}: skipped ({err})", stacklevel=2)
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,8 +157,9 @@ def load_unit_spaces(folder) -> dict[str, pd.DataFrame]:
     folder = Path(folder)
     out = {}
     for name, file in SPACE_FILES.items():
-        if (folder / file).exists():
-            space = pd.read_csv(folder / file, index_col=0)
+        path = (gradient_dir(folder) if name == "gradient" else folder) / file
+        if path.exists():
+            space = pd.read_csv(path, index_col=0)
             space.columns = space.columns.astype(str)
             out[name] = space
     return out
@@ -183,12 +210,13 @@ def unit_alignment(folder, config: ComparisonConfig | None = None) -> pd.DataFra
     tasks = sorted(set.intersection(*[set(s.index) for s in spaces.values()]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        table = sp.alignment_table(
+        table = _attempt(
+            f"alignment of {Path(folder).name}", sp.alignment_table,
             spaces, _hypotheses(meta, tasks), controls=_controls(pairs[pairs.task.isin(tasks)], config),
             method=config.method, n_permutations=config.n_permutations, n_boot=config.n_boot, seed=config.seed,
             ci=config.ci,
         )
-    return table
+    return table if table is not None else pd.DataFrame()
 
 
 def baseline_differences(units: pd.DataFrame, config: ComparisonConfig | None = None) -> pd.DataFrame:
@@ -213,10 +241,13 @@ def baseline_differences(units: pd.DataFrame, config: ComparisonConfig | None = 
                 controls = _controls(pairs[pairs.task.isin(tasks)], config)
                 for hname, hyp in _hypotheses(meta, tasks).items():
                     for ctrl in ([None, controls] if controls else [None]):
-                        res = sp.difference_with_uncertainty(
+                        res = _attempt(
+                            f"baseline difference of {unit} {name}", sp.difference_with_uncertainty,
                             spaces[name], base_spaces[name], hyp, method=config.method, controls=ctrl,
                             n_boot=max(config.n_boot, 1), seed=config.seed, ci=config.ci,
                         )
+                        if res is None:
+                            continue
                         rows.append({"unit": unit, "family": family, "step": row["step"], "space": name,
                                      "hypothesis": hname, "controlled": ", ".join(ctrl) if ctrl else "none",
                                      "trained": res.statistic_a, "step0": res.statistic_b,
@@ -238,7 +269,9 @@ def generalisation_summary(units: pd.DataFrame, space: str = "transfer") -> pd.D
         meta = _metadata(_unit_pairs(row["folder"]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            gi = sp.generalisation_index(spaces[space], meta)
+            gi = _attempt(f"generalisation index of {unit}", sp.generalisation_index, spaces[space], meta)
+        if gi is None:
+            continue
         overall = gi.attrs.get("overall", {})
         rows.append({"unit": unit, **{k: float(v) for k, v in overall.items()},
                      "mean_self_transfer": float(gi["self"].mean()), "n_undefined": int(gi.attrs.get("n_undefined", 0)),
@@ -258,15 +291,19 @@ def parameter_sharing(units: pd.DataFrame, config: ComparisonConfig | None = Non
     config = config or ComparisonConfig()
     rows = []
     for unit, row in units.iterrows():
-        path = Path(row["folder"]) / "mask_overlap.csv"
+        path = gradient_dir(row["folder"]) / "mask_overlap.csv"
         if not path.exists():
             continue
         overlap = pd.read_csv(path, index_col=0)
         overlap.columns = overlap.columns.astype(str)
         meta = _metadata(_unit_pairs(row["folder"]))
         hyp = sp.hypothesis_space(meta.loc[list(overlap.index)], "phenomenon")
-        wa = sp.within_across(overlap, hyp, n_boot=max(config.n_boot, 10), seed=config.seed, ci=config.ci)
-        test = sp.compare_spaces(overlap, hyp, method=config.method, n_permutations=config.n_permutations, seed=config.seed)
+        wa = _attempt(f"subnetwork sharing of {unit}", sp.within_across, overlap, hyp,
+                      n_boot=max(config.n_boot, 10), seed=config.seed, ci=config.ci)
+        test = _attempt(f"subnetwork sharing test of {unit}", sp.compare_spaces, overlap, hyp,
+                        method=config.method, n_permutations=config.n_permutations, seed=config.seed)
+        if wa is None or test is None:
+            continue
         rows.append({"unit": unit, **{k: v for k, v in wa.to_dict().items() if not isinstance(v, (list, np.ndarray))},
                      "rho_phenomenon": test.statistic, "p_value": test.p_value})
     return pd.DataFrame(rows).set_index("unit") if rows else pd.DataFrame()
@@ -286,11 +323,12 @@ def sharing_by_module(folder, k: float | None = None) -> pd.DataFrame:
     from .results import read_json
 
     folder = Path(folder)
-    files = sorted((folder / "differentials").glob("*.safetensors"))
+    stage = gradient_dir(folder)
+    files = sorted((stage / "differentials").glob("*.safetensors"))
     if not files:
         return pd.DataFrame()
     if k is None:
-        k = float(read_json(folder / "config.json").get("k", 0.01))
+        k = float(read_json(stage / "config.json").get("k", 0.01)) if (stage / "config.json").exists() else 0.01
     with safe_open(str(files[0]), framework="pt") as handle:
         names = list(handle.keys())
     groups = module_groups(names)
@@ -337,11 +375,10 @@ def stability(units: pd.DataFrame, config: ComparisonConfig | None = None) -> pd
                 row = {"family": family, "unit": unit, "step": group.loc[unit, "step"], "space": name}
                 for label, other in (("next", order[i + 1]), ("final", final)):
                     if name in loaded[other]:
-                        with warnings.catch_warnings():
-                            warnings.simplefilter("ignore")
-                            res = sp.compare_spaces(space, loaded[other][name], method=config.method,
-                                                    n_permutations=config.n_permutations, seed=config.seed)
-                        row[f"rho_{label}"], row[f"p_{label}"] = res.statistic, res.p_value
+                        res = _attempt(f"stability of {unit} {name}", sp.compare_spaces, space, loaded[other][name],
+                                       method=config.method, n_permutations=config.n_permutations, seed=config.seed)
+                        if res is not None:
+                            row[f"rho_{label}"], row[f"p_{label}"] = res.statistic, res.p_value
                 rows.append(row)
     return pd.DataFrame(rows)
 

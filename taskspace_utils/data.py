@@ -58,6 +58,7 @@ __all__ = [
     "split_pairs",
     "task_metadata",
     "token_alignment",
+    "common_prefix_len",
     "save_task_data",
     "load_task_data",
 ]
@@ -376,6 +377,15 @@ def task_metadata(pairs: pd.DataFrame) -> pd.DataFrame:
     return meta
 
 
+def common_prefix_len(a, b) -> int:
+    """Length of the longest common prefix of two token-id sequences."""
+    n = min(len(a), len(b))
+    p = 0
+    while p < n and a[p] == b[p]:
+        p += 1
+    return p
+
+
 def token_alignment(pairs: pd.DataFrame, tokenizer) -> pd.DataFrame:
     """Where the token sequences of ``good`` and ``bad`` differ, under ``tokenizer``.
 
@@ -398,9 +408,7 @@ def token_alignment(pairs: pd.DataFrame, tokenizer) -> pd.DataFrame:
     rows = []
     for g, b in zip(good_ids, bad_ids):
         n = min(len(g), len(b))
-        p = 0
-        while p < n and g[p] == b[p]:
-            p += 1
+        p = common_prefix_len(g, b)
         s = 0
         while s < n - p and g[-1 - s] == b[-1 - s]:
             s += 1

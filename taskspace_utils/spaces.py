@@ -746,7 +746,7 @@ def _bootstrap_tasks(
             keep = (idx[rows] != idx[cols]) | (rows == cols)
             r, c = idx[rows][keep], idx[cols][keep]
             vecs = [v[r, c] for v in values]
-            if all(np.ptp(v) > 0 for v in vecs[:n_checked]):
+            if all(v.size > 1 and np.ptp(v) > 0 for v in vecs[:n_checked]):
                 boot[k] = statistic(vecs)
     return boot
 

@@ -45,17 +45,19 @@ def run(tmp_path_factory):
         strength = step / 50
         _space(rng, meta, strength).to_csv(folder / "task_space_transfer.csv")
         _space(rng, meta, strength).to_csv(folder / "task_space_transfer_margin.csv")
+        grad = folder / "gradients_sentence"  # notebook 02's results folder
+        grad.mkdir()
         g = _space(rng, meta, strength)
-        ((g + g.T) / 2).to_csv(folder / "task_space_gradient.csv")
+        ((g + g.T) / 2).to_csv(grad / "task_space_gradient.csv")
         m = np.abs(_space(rng, meta, strength).to_numpy()) / 10
         m = (m + m.T) / 2
         np.fill_diagonal(m, 1.0)
-        pd.DataFrame(m, index=TASKS, columns=TASKS).to_csv(folder / "mask_overlap.csv")
-        (folder / "differentials").mkdir()
-        (folder / "config.json").write_text(json.dumps({"k": 0.25}))
+        pd.DataFrame(m, index=TASKS, columns=TASKS).to_csv(grad / "mask_overlap.csv")
+        (grad / "differentials").mkdir()
+        (grad / "config.json").write_text(json.dumps({"k": 0.25}))
         for t in TASKS:
             save_file({n: torch.randn(s, generator=torch.Generator().manual_seed(zlib.crc32(f"{t}{step}".encode())))
-                       for n, s in PARAMS.items()}, str(folder / "differentials" / f"{t}.safetensors"))
+                       for n, s in PARAMS.items()}, str(grad / "differentials" / f"{t}.safetensors"))
     return root, pairs, meta
 
 
@@ -100,7 +102,7 @@ def test_sharing_by_module_matches_hand_jaccard(run):
     root, _, meta = run
     from taskspace_utils.gradients import load_task_differentials, subnetwork_masks
     table = cmp.sharing_by_module(root / "tiny-a@step10")
-    diffs = load_task_differentials(root / "tiny-a@step10")
+    diffs = load_task_differentials(root / "tiny-a@step10" / "gradients_sentence")
     masks = {t: subnetwork_masks(d, 0.25) for t, d in diffs.items()}
     name = "gpt_neox.layers.0.mlp.dense_h_to_4h.weight"
     jac = []
@@ -135,3 +137,22 @@ def test_notebook_05_smoke(run, tmp_path):
     assert (root / "comparison" / "alignment.csv").exists()
     out = (tmp_path / "nb" / "05_scale_and_checkpoints.ipynb").read_text()
     assert "•" in out and "step 0" in out  # the generated findings were printed
+
+
+def test_single_unit_with_three_tasks_degrades_gracefully(tmp_path):
+    """A smoke run (one unit, three tasks) cannot support every statistic: those are skipped with a
+    warning naming the reason, and the rest of the tables are still written."""
+    tasks = TASKS[:2] + ["npi_present_1"]
+    pairs = split_pairs(load_blimp(tasks=tasks), 4, 4, 0)
+    unit = tmp_path / "u"
+    (unit / "data").mkdir(parents=True)
+    pairs.to_parquet(unit / "data" / "pairs.parquet")
+    (unit / "model_info.json").write_text(json.dumps({"spec": "x", "family": "x", "step": 5, "n_parameters": 10}))
+    rng = np.random.default_rng(0)
+    pd.DataFrame(rng.normal(size=(3, 3)), index=tasks, columns=tasks).to_csv(unit / "task_space_transfer.csv")
+    overlap = np.abs(rng.normal(size=(3, 3)))
+    pd.DataFrame(overlap + overlap.T, index=tasks, columns=tasks).to_csv(unit / "mask_overlap.csv")
+    with pytest.warns(UserWarning, match="subnetwork sharing of u: skipped"):
+        tables = cmp.compare_units(tmp_path, config=cmp.ComparisonConfig(n_permutations=19, n_boot=10))
+    assert tables["sharing"].empty and not tables["alignment"].empty
+    assert (tmp_path / "comparison" / "stability.csv").exists()

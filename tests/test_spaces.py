@@ -480,3 +480,14 @@ def test_alignment_table(planted, meta):
     # a control is not used against itself
     self_table = sp.alignment_table({"s": space}, {"lexical": lexical}, controls={"lexical": lexical}, n_permutations=9)
     assert list(self_table["controlled"]) == ["none"]
+
+
+def test_bootstrap_with_few_tasks_skips_degenerate_resamples():
+    """With 3 tasks some resamples draw one task only (no entries left): they count as NaN, no crash."""
+    tasks = ["a", "b", "c"]
+    rng = np.random.default_rng(1)
+    a = pd.DataFrame(rng.normal(size=(3, 3)), index=tasks, columns=tasks)
+    b = pd.DataFrame(rng.normal(size=(3, 3)), index=tasks, columns=tasks)
+    h = pd.DataFrame([[1, 1, 0], [1, 1, 0], [0, 0, 1]], index=tasks, columns=tasks, dtype=float)
+    res = sp.difference_with_uncertainty(a, b, h, n_boot=200, seed=0)
+    assert np.isnan(res.boot).any() and np.isfinite(res.difference)
