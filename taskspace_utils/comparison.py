@@ -40,6 +40,7 @@ import pandas as pd
 from scipy import stats
 
 from . import spaces as sp
+from .data import task_metadata
 from .results import atomic_write_csv, atomic_write_json
 
 __all__ = [
@@ -172,12 +173,6 @@ def _unit_pairs(folder) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def _metadata(pairs: pd.DataFrame) -> pd.DataFrame:
-    from .data import task_metadata
-
-    return task_metadata(pairs)
-
-
 def _hypotheses(metadata: pd.DataFrame, tasks: Sequence[str]) -> dict[str, pd.DataFrame]:
     hyps = sp.hypothesis_spaces(metadata.loc[list(tasks)])
     return {k: v for k, v in hyps.items() if k in ("phenomenon", "field")}
@@ -206,7 +201,7 @@ def unit_alignment(folder, config: ComparisonConfig | None = None) -> pd.DataFra
     if not spaces:
         return pd.DataFrame()
     pairs = _unit_pairs(folder)
-    meta = _metadata(pairs)
+    meta = task_metadata(pairs)
     tasks = sorted(set.intersection(*[set(s.index) for s in spaces.values()]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -235,7 +230,7 @@ def baseline_differences(units: pd.DataFrame, config: ComparisonConfig | None = 
         for unit, row in group[group["step"] != 0].iterrows():
             spaces = load_unit_spaces(row["folder"])
             pairs = _unit_pairs(row["folder"])
-            meta = _metadata(pairs)
+            meta = task_metadata(pairs)
             for name in sorted(set(spaces) & set(base_spaces)):
                 tasks = sorted(set(spaces[name].index) & set(base_spaces[name].index))
                 controls = _controls(pairs[pairs.task.isin(tasks)], config)
@@ -266,7 +261,7 @@ def generalisation_summary(units: pd.DataFrame, space: str = "transfer") -> pd.D
         spaces = load_unit_spaces(row["folder"])
         if space not in spaces:
             continue
-        meta = _metadata(_unit_pairs(row["folder"]))
+        meta = task_metadata(_unit_pairs(row["folder"]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             gi = _attempt(f"generalisation index of {unit}", sp.generalisation_index, spaces[space], meta)
@@ -296,7 +291,7 @@ def parameter_sharing(units: pd.DataFrame, config: ComparisonConfig | None = Non
             continue
         overlap = pd.read_csv(path, index_col=0)
         overlap.columns = overlap.columns.astype(str)
-        meta = _metadata(_unit_pairs(row["folder"]))
+        meta = task_metadata(_unit_pairs(row["folder"]))
         hyp = sp.hypothesis_space(meta.loc[list(overlap.index)], "phenomenon")
         wa = _attempt(f"subnetwork sharing of {unit}", sp.within_across, overlap, hyp,
                       n_boot=max(config.n_boot, 10), seed=config.seed, ci=config.ci)
@@ -316,10 +311,11 @@ def sharing_by_module(folder, k: float | None = None) -> pd.DataFrame:
     different fields (:func:`taskspace_utils.gradients.summarise_module_spaces`).
 
     Streams the unit's ``differentials/*.safetensors`` one task at a time: each task's global mask
-    is computed once (``subnetwork_masks``) and kept as packed bits per module."""
+    is computed once (``subnetwork_masks``) and kept as packed bits per module
+    (:func:`~taskspace_utils.gradients.pack_masks`, P/8 bytes per task)."""
     from safetensors import safe_open
 
-    from .gradients import module_groups, subnetwork_masks, summarise_module_spaces
+    from .gradients import module_groups, pack_masks, packed_jaccard_space, subnetwork_masks, summarise_module_spaces
     from .results import read_json
 
     folder = Path(folder)
@@ -332,25 +328,15 @@ def sharing_by_module(folder, k: float | None = None) -> pd.DataFrame:
     with safe_open(str(files[0]), framework="pt") as handle:
         names = list(handle.keys())
     groups = module_groups(names)
-    modules = list(dict.fromkeys(groups[n] for n in names))
-    packed: dict[str, dict[str, np.ndarray]] = {m: {} for m in modules}
+    by_module = {m: [n for n in names if groups[n] == m] for m in dict.fromkeys(groups[n] for n in names)}
+    packed: dict[str, dict[str, np.ndarray]] = {m: {} for m in by_module}
     for file in files:
         with safe_open(str(file), framework="pt") as handle:
-            diff = {n: handle.get_tensor(n) for n in names}
-        masks = subnetwork_masks(diff, k)
-        for module in modules:
-            bits = np.concatenate([masks[n].reshape(-1).numpy() for n in names if groups[n] == module])
-            packed[module][file.stem] = bits
-    spaces = {}
-    for module, by_task in packed.items():
-        tasks = sorted(by_task)
-        m = np.stack([by_task[t] for t in tasks]).astype(np.float32)
-        inter = m @ m.T
-        sizes = m.sum(1)
-        union = sizes[:, None] + sizes[None, :] - inter
-        with np.errstate(invalid="ignore", divide="ignore"):
-            spaces[module] = pd.DataFrame(np.where(union > 0, inter / union, np.nan), index=tasks, columns=tasks)
-    meta = _metadata(_unit_pairs(folder))
+            masks = subnetwork_masks({n: handle.get_tensor(n) for n in names}, k)
+        for module, module_names in by_module.items():
+            packed[module][file.stem] = pack_masks(masks, module_names)
+    spaces = {module: packed_jaccard_space(by_task) for module, by_task in packed.items()}
+    meta = task_metadata(_unit_pairs(folder))
     return summarise_module_spaces(spaces, meta)
 
 

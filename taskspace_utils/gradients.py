@@ -113,6 +113,8 @@ __all__ = [
     "ParameterSketch",
     "subnetwork_masks",
     "mask_overlap_space",
+    "pack_masks",
+    "packed_jaccard_space",
     "module_groups",
     "gradient_space",
     "extract_task_differentials",
@@ -903,12 +905,16 @@ def subnetwork_masks(differentials: Mapping[str, torch.Tensor], k: float, per_mo
     return out
 
 
-def _packed_mask(masks: Mapping[str, torch.Tensor], names: Sequence[str]) -> np.ndarray:
+def pack_masks(masks: Mapping[str, torch.Tensor], names: Sequence[str]) -> np.ndarray:
+    """The masks of ``names`` (in that order), flattened, concatenated and bit-packed
+    (``numpy.packbits``: P/8 bytes), for Jaccard overlaps of many tasks' subnetworks."""
     flat = np.concatenate([masks[n].detach().reshape(-1).cpu().numpy().astype(bool) for n in names])
     return np.packbits(flat)
 
 
-def _jaccard_from_packed(packed: Mapping[str, np.ndarray]) -> pd.DataFrame:
+def packed_jaccard_space(packed: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """Tasks x tasks Jaccard ``|a & b| / |a | b|`` of bit-packed masks (:func:`pack_masks`); NaN
+    where both masks are empty."""
     tasks = list(packed)
     counts = {t: int(np.bitwise_count(packed[t]).sum()) for t in tasks}
     out = np.full((len(tasks), len(tasks)), np.nan)
@@ -935,7 +941,7 @@ def mask_overlap_space(masks_by_task: Mapping[str, Mapping[str, torch.Tensor]]) 
     for t in tasks[1:]:
         if list(masks_by_task[t]) != names:
             raise ValueError(f"mask_overlap_space: task {t!r} masks other parameters than task {tasks[0]!r}")
-    return _jaccard_from_packed({t: _packed_mask(masks_by_task[t], names) for t in tasks})
+    return packed_jaccard_space({t: pack_masks(masks_by_task[t], names) for t in tasks})
 
 
 _LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
@@ -1271,8 +1277,8 @@ def summarise_run(out_dir, config: GradientConfig | None = None, progress: bool 
     show = len(tasks) >= 20 if progress is None else bool(progress)
     for task, handle in zip(tqdm(tasks, desc="masks", unit="task", disable=not show, leave=False), handles):
         diff = {n: handle.get_tensor(n) for n in names}
-        packed[task] = _packed_mask(subnetwork_masks(diff, config.k, config.per_module), names)
-    atomic_write_csv(out_dir / "mask_overlap.csv", _jaccard_from_packed(packed))
+        packed[task] = pack_masks(subnetwork_masks(diff, config.k, config.per_module), names)
+    atomic_write_csv(out_dir / "mask_overlap.csv", packed_jaccard_space(packed))
     return stats
 
 
