@@ -4,7 +4,8 @@ Compares `taskspace_utils.scoring.sentence_logprobs` with minicons'
 `IncrementalLMScorer.sequence_score(..., bos_token=True, reduction=sum)` (the same convention), checks
 that the per-sentence log-probs agree (<= 1e-4 absolute; checked on a float64 copy of the model so that
 the check measures the convention, not float32 summation order, whose effect is reported too), and
-reports sentences/second of both (float32) and their ratio. Runs are interleaved (ours, theirs, ours, ...) and the median of `--repeats` is kept, so a
+reports sentences/second of both (float32) and their ratio; our padded packing (``packing="padded"``) is
+timed in the same loop, so the gain of prefix-tree packing is measured too. Runs are interleaved (ours, theirs, ours, ...) and the median of `--repeats` is kept, so a
 busy machine slows both alike.
 
 Model: `--model SPEC` (e.g. `tiny-m` once the offline suite is built) or, by default, a randomly
@@ -55,15 +56,15 @@ def main(argv=None):
     from minicons import scorer
     from taskspace_utils.data import load_blimp, split_pairs
     from taskspace_utils.models import count_parameters, load_model
-    from taskspace_utils.scoring import sentence_logprobs
+    from taskspace_utils.scoring import sentence_logprobs, supports_prefix_tree
 
     model, tok = (load_model(args.model, device="cpu") if args.model else reference_model())
     pairs = split_pairs(load_blimp(), n_train=max(1, args.n // (2 * 67)), n_test=0, seed=0)
     sentences = (list(pairs.good) + list(pairs.bad))[: args.n]
     mc = scorer.IncrementalLMScorer(model, device="cpu", tokenizer=tok)
 
-    def ours():
-        return sentence_logprobs(model, tok, sentences, progress=False)
+    def ours(packing="auto"):
+        return sentence_logprobs(model, tok, sentences, progress=False, packing=packing)
 
     def theirs(bs):
         out = []
@@ -72,10 +73,11 @@ def main(argv=None):
                 out += mc.sequence_score(sentences[i:i + bs], reduction=lambda x: x.sum(0).item(), bos_token=True)
         return np.array(out)
 
-    ours(); [theirs(bs) for bs in args.minicons_batch]  # warm-up
-    t_ours, t_theirs = [], {bs: [] for bs in args.minicons_batch}
+    ours(); ours("padded"); [theirs(bs) for bs in args.minicons_batch]  # warm-up
+    t_ours, t_padded, t_theirs = [], [], {bs: [] for bs in args.minicons_batch}
     for _ in range(args.repeats):
         t = time.perf_counter(); a = ours(); t_ours.append(time.perf_counter() - t)
+        t = time.perf_counter(); a_padded = ours("padded"); t_padded.append(time.perf_counter() - t)
         for bs in args.minicons_batch:
             t = time.perf_counter(); b = theirs(bs); t_theirs[bs].append(time.perf_counter() - t)
     max_diff_fp32 = float(np.abs(a - b).max())
@@ -83,13 +85,18 @@ def main(argv=None):
     mc64 = scorer.IncrementalLMScorer(model64, device="cpu", tokenizer=tok)
     check = sentences[: min(len(sentences), 1000)]
     ours64 = sentence_logprobs(model64, tok, check, progress=False)
+    padded64 = sentence_logprobs(model64, tok, check, progress=False, packing="padded")
     theirs64 = np.array(mc64.sequence_score(check, reduction=lambda x: x.sum(0).item(), bos_token=True))
     max_diff = float(np.abs(ours64 - theirs64).max())
     best_bs = min(t_theirs, key=lambda bs: statistics.median(t_theirs[bs]))
     result = {
         "model": args.model or "random GPT-NeoX d128 L4 V8192", "parameters": count_parameters(model),
         "sentences": len(sentences), "threads": args.threads,
+        "ours_packing": "tree" if supports_prefix_tree(model) else "padded",
         "ours_sentences_per_s": len(sentences) / statistics.median(t_ours),
+        "ours_padded_sentences_per_s": len(sentences) / statistics.median(t_padded),
+        "tree_vs_padded": statistics.median(t_padded) / statistics.median(t_ours),
+        "max_abs_tree_vs_padded_float64": float(np.abs(ours64 - padded64).max()),
         "minicons_sentences_per_s": {bs: len(sentences) / statistics.median(v) for bs, v in t_theirs.items()},
         "minicons_best_batch": best_bs,
         "ratio_vs_best_minicons": statistics.median(t_theirs[best_bs]) / statistics.median(t_ours),

@@ -92,8 +92,14 @@ from .results import (
 )
 from .scoring import (
     DEFAULT_BATCH_TOKENS,
+    DEFAULT_TREE_ROW_TOKENS,
     _batches_by_tokens,
+    build_prefix_tree_rows,
+    collate_prefix_tree,
     collate_token_ids,
+    iter_prefix_tree_batches,
+    prefix_tree_logprobs,
+    supports_prefix_tree,
     prefix_token_id,
     token_logprob_sums,
     tokenize_sentences,
@@ -373,33 +379,49 @@ def _weighted_gradient(model, tokenizer, rows, batch_size, batch_tokens, progres
     params = _trainable(model)
     device = params[0][1].device
     acc_dtype = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
-    total = {n: torch.zeros_like(p, dtype=acc_dtype.get(p.dtype, p.dtype)) for n, p in params}
-    if not rows:
-        return {n: t.to(p.dtype) for (n, p), t in zip(params, total.values())}
+    total: dict[str, torch.Tensor] = {}  # filled by the first batch's gradients (no zero-filled start)
     prefix = prefix_token_id(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else prefix
-    lengths = np.array([len(r[0]) for r in rows])
-    batches = _batches_by_tokens(lengths, batch_size, batch_tokens)
-    show = len(batches) > 20 if progress is None else bool(progress)
     weight_dtype = params[0][1].dtype if params[0][1].dtype.is_floating_point else torch.float32
+    use_tree = batch_size is None and supports_prefix_tree(model)
+    if use_tree:
+        # prefix trees: a good and a bad sentence share the positions of their common beginning,
+        # whose +w and -w token weights cancel, so the LM head skips those positions entirely
+        tree = build_prefix_tree_rows([r[0] for r in rows], DEFAULT_TREE_ROW_TOKENS)
+        batches = list(iter_prefix_tree_batches(tree, batch_tokens))
+    else:
+        lengths = np.array([len(r[0]) for r in rows])
+        batches = _batches_by_tokens(lengths, batch_size, batch_tokens)
+    starts = np.array([r[1] for r in rows]); ends = np.array([r[2] for r in rows]); values = np.array([r[3] for r in rows])
+    show = len(batches) > 20 if progress is None else bool(progress)
     was_training = model.training
     model.eval()
     try:
-        for index in tqdm(batches, desc=desc, unit="batch", disable=not show, leave=False):
-            chosen = [rows[i] for i in index]
-            batch = collate_token_ids([r[0] for r in chosen], prefix, pad, device)
-            weights = _row_weights(
-                [r[1] for r in chosen], [r[2] for r in chosen], [r[3] for r in chosen],
-                batch["input_ids"].shape[1], weight_dtype,
-            ).to(device)
-            objective = token_logprob_sums(model, batch, token_weights=weights).sum()
+        for item in tqdm(batches, desc=desc, unit="batch", disable=not show, leave=False):
+            if use_tree:
+                tree_rows, index = item
+                batch = collate_prefix_tree(tree, tree_rows, prefix, pad, sentences=index, sentence_weights=values[index],
+                                            sentence_ranges=(starts[index], ends[index]), device=device)
+                if not len(batch["node_weight"]):
+                    continue
+                lp = prefix_tree_logprobs(model, batch)
+                objective = (lp * batch["node_weight"].to(lp.dtype)).sum()
+            else:
+                index = item
+                batch = collate_token_ids([rows[i][0] for i in index], prefix, pad, device)
+                weights = _row_weights(starts[index], ends[index], values[index], batch["input_ids"].shape[1], weight_dtype).to(device)
+                objective = token_logprob_sums(model, batch, token_weights=weights).sum()
             grads = torch.autograd.grad(objective, [p for _, p in params], allow_unused=True)
-            for (name, _), g in zip(params, grads):
-                if g is not None:
+            for (name, p), g in zip(params, grads):
+                if g is None:
+                    continue
+                if name in total:
                     total[name] += g.to(total[name].dtype)
+                else:
+                    total[name] = g.to(acc_dtype.get(p.dtype, p.dtype))
     finally:
         model.train(was_training)
-    return {n: total[n].to(p.dtype) for n, p in params}
+    return {n: total[n].to(p.dtype) if n in total else torch.zeros_like(p) for n, p in params}
 
 
 def task_differential(
@@ -415,8 +437,13 @@ def task_differential(
 
     Computed as the gradient of the *summed* margins with ``torch.autograd.grad``, one backward
     pass per token batch: good and bad sentences become rows with token weights ``+1/N`` and
-    ``-1/N`` (on the critical tokens only for ``variant="critical"``), sorted by length and cut into
-    batches of ``batch_size`` sentences or, when ``None``, at most ``batch_tokens`` padded tokens.
+    ``-1/N`` (on the critical tokens only for ``variant="critical"``). With ``batch_size=None`` and a
+    model that :func:`~taskspace_utils.scoring.supports_prefix_tree`, rows are packed as prefix
+    trees of at most ``batch_tokens`` positions per batch: a pair's good and bad sentence share the
+    positions of their common beginning, whose ``+1/N`` and ``-1/N`` weights cancel, so the LM head
+    and its backward skip them (the context they give the later tokens is still computed once).
+    Otherwise rows are sorted by length and cut into batches of ``batch_size`` sentences or at most
+    ``batch_tokens`` padded tokens.
     Batching and padding change the result only by floating-point summation order (tested in
     float64 to 1e-12 against a per-pair loop and a central finite difference).
 
@@ -555,7 +582,7 @@ def _vmap_chunk(model, params, batch, weights, c):
         logits = functional_call(model, theta, (pair_ids,)).logits[:, :-1]  # [2, L-1, V]
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
-        lp = logits.gather(-1, pair_ids[:, 1:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        lp = torch.log_softmax(logits, dim=-1).gather(-1, pair_ids[:, 1:, None]).squeeze(-1)
         return (lp * pair_w[:, 1:width].to(lp.dtype)).sum()
 
     with warnings.catch_warnings():  # "no batching rule for SDPA on CPU": measured, see _resolve_method

@@ -75,7 +75,19 @@ from tqdm.auto import tqdm
 from .data import common_prefix_len, split_pairs
 from .ftgd import FTGDConfig, SparseDelta, applied, tune_task
 from .results import atomic_write_csv, atomic_write_json, ensure_run_config, read_json
-from .scoring import DEFAULT_BATCH_TOKENS, collate_token_ids, prefix_token_id, token_logprob_sums, tokenize_sentences
+from .scoring import (
+    DEFAULT_BATCH_TOKENS,
+    DEFAULT_TREE_ROW_TOKENS,
+    build_prefix_tree_rows,
+    collate_prefix_tree,
+    collate_token_ids,
+    iter_prefix_tree_batches,
+    prefix_token_id,
+    prefix_tree_sums,
+    supports_prefix_tree,
+    token_logprob_sums,
+    tokenize_sentences,
+)
 from .spaces import normalise_rows
 
 __all__ = [
@@ -195,9 +207,18 @@ class PreparedEvaluation:
         tasks: evaluated tasks in output order.
         pair_task: ``[N]`` task index of every pair (into ``tasks``).
         good_row, bad_row: ``[N]`` row of each pair's good / bad sentence (``-1``: none).
-        batches: ``(row indices, collated batch)`` with ``score_mask`` True on the scored tokens.
+        batches: ``(row indices, collated batch)`` with ``score_mask`` True on the scored tokens
+            (padded rows, for models without prefix-tree support).
+        tree_batches: the same rows packed as prefix trees
+            (:func:`taskspace_utils.scoring.collate_prefix_tree`, membership restricted to each
+            row's scored tokens), used by :meth:`margins` whenever
+            :func:`~taskspace_utils.scoring.supports_prefix_tree` holds for the model: rows that
+            share a beginning (a pair's two sentences, paradigms built from one template) go
+            through the model once for it. ``None`` with ``packing="padded"``.
         n_rows: unique scored rows; ``n_tokens``: tokens fed per evaluation (prefix included, no
-            padding); ``n_scored``: tokens through the LM head per evaluation.
+            padding); ``n_scored``: tokens through the LM head per evaluation (padded packing);
+            ``n_tree_tokens`` / ``n_tree_scored``: the same with prefix-tree packing (positions
+            fed, padding excluded; distinct nodes through the head).
     """
 
     tasks: list[str]
@@ -208,17 +229,25 @@ class PreparedEvaluation:
     n_rows: int
     n_tokens: int
     n_scored: int
+    tree_batches: list[tuple[np.ndarray, dict]] | None = None
+    n_tree_tokens: int = 0
+    n_tree_scored: int = 0
     _device: torch.device | None = field(default=None, repr=False)
 
     @property
     def n_pairs(self) -> int:
         return len(self.pair_task)
 
-    def _on(self, device: torch.device) -> list[tuple[np.ndarray, dict]]:
+    def uses_tree(self, model) -> bool:
+        """Whether :meth:`margins` packs ``model``'s inputs as prefix trees."""
+        return self.tree_batches is not None and supports_prefix_tree(model)
+
+    def _on(self, device: torch.device) -> None:
         if self._device != device:
             self.batches = [(idx, {k: v.to(device) for k, v in b.items()}) for idx, b in self.batches]
+            if self.tree_batches is not None:
+                self.tree_batches = [(idx, {k: v.to(device) for k, v in b.items()}) for idx, b in self.tree_batches]
             self._device = device
-        return self.batches
 
     def margins(self, model) -> np.ndarray:
         """``[N]`` float64 margins ``log p(good) - log p(bad)`` of every pair under ``model``
@@ -228,9 +257,14 @@ class PreparedEvaluation:
         was_training = model.training
         model.eval()
         try:
+            self._on(device)
             with torch.inference_mode():
-                for idx, batch in self._on(device):
-                    lp[idx] = token_logprob_sums(model, batch).double().cpu().numpy()
+                if self.uses_tree(model):
+                    for idx, batch in self.tree_batches:
+                        lp[idx] = prefix_tree_sums(model, batch, len(idx)).double().cpu().numpy()
+                else:
+                    for idx, batch in self.batches:
+                        lp[idx] = token_logprob_sums(model, batch).double().cpu().numpy()
         finally:
             model.train(was_training)
         good = np.where(self.good_row >= 0, lp[np.maximum(self.good_row, 0)], 0.0)
@@ -254,14 +288,18 @@ class PreparedEvaluation:
 
 
 def prepare_evaluation(tokenizer, test_pairs: pd.DataFrame, tasks: Sequence[str] | None = None,
-                       batch_tokens: int = DEFAULT_BATCH_TOKENS) -> PreparedEvaluation:
+                       batch_tokens: int = DEFAULT_BATCH_TOKENS, packing: str = "auto") -> PreparedEvaluation:
     """Tokenise, de-duplicate and collate the test pairs once (see :class:`PreparedEvaluation`).
 
     Args:
         test_pairs: frame with ``task``, ``good``, ``bad`` (every row is evaluated).
         tasks: output order of the tasks (default: sorted); every task must have pairs.
         batch_tokens: rows sorted by length (longest first) fill batches of at most this many
-            padded tokens (``[B, L]`` with ``B * L <= batch_tokens``, at least one row).
+            padded tokens (``[B, L]`` with ``B * L <= batch_tokens``, at least one row); the
+            prefix-tree batches hold at most this many positions too.
+        packing: ``"auto"`` (default) also packs the rows as prefix trees, used for models that
+            support them (measured on ``tiny-m``, 67 tasks x 100 test pairs: see
+            ``benchmarks/bench_probing.py``); ``"padded"`` never does.
 
     Scores equal :func:`taskspace_utils.scoring.score_pairs` margins up to float rounding
     (tested); building takes well under a second for 13,400 sentences.
@@ -305,8 +343,28 @@ def prepare_evaluation(tokenizer, test_pairs: pd.DataFrame, tasks: Sequence[str]
         batches.append((index, batch))
         begin = stop
     n_scored = int(sum(len(ids) - s for ids, s in rows))
+    if packing not in ("auto", "padded"):
+        raise ValueError(f"packing={packing!r}: use 'auto' or 'padded'")
+    tree_batches, n_tree_tokens, n_tree_scored = None, 0, 0
+    if packing == "auto" and rows:
+        tree = build_prefix_tree_rows([ids for ids, _ in rows], DEFAULT_TREE_ROW_TOKENS)
+        starts = np.array([start for _, start in rows], dtype=np.int64)
+        tree_batches = []
+        for tree_rows, index in iter_prefix_tree_batches(tree, batch_tokens):
+            batch = collate_prefix_tree(tree, tree_rows, prefix, pad, sentences=index,
+                                        sentence_ranges=(starts[index], lengths[index]))
+            # only the nodes some row scores go through the LM head
+            used = np.unique(batch["member_node"].numpy())
+            remap = np.full(len(batch["node_row"]), -1, dtype=np.int64)
+            remap[used] = np.arange(len(used))
+            for key in ("node_row", "node_parent", "node_token"):
+                batch[key] = batch[key][torch.from_numpy(used)]
+            batch["member_node"] = torch.from_numpy(remap[batch["member_node"].numpy()])
+            tree_batches.append((index, batch))
+            n_tree_tokens += sum(1 + len(tree["tokens"][r]) for r in tree_rows)
+            n_tree_scored += len(used)
     return PreparedEvaluation(tasks, pair_task, good_row, bad_row, batches, len(rows),
-                              int(lengths.sum() + len(rows)), n_scored)
+                              int(lengths.sum() + len(rows)), n_scored, tree_batches, n_tree_tokens, n_tree_scored)
 
 
 # --------------------------------------------------------------------------------- the pairs used

@@ -47,6 +47,13 @@ __all__ = [
     "score_pairs",
     "blimp_accuracy",
     "DEFAULT_BATCH_TOKENS",
+    "DEFAULT_TREE_ROW_TOKENS",
+    "supports_prefix_tree",
+    "build_prefix_tree_rows",
+    "collate_prefix_tree",
+    "iter_prefix_tree_batches",
+    "prefix_tree_logprobs",
+    "prefix_tree_sums",
 ]
 
 #: Default token budget of a scoring batch (padded tokens). Measured on tiny-m, 2 idle CPU cores,
@@ -57,6 +64,28 @@ DEFAULT_BATCH_TOKENS = 1024
 # Models whose LM head is applied directly to the base model's last hidden state (no logit
 # scaling / soft-capping), so we can skip computing logits at positions that are not scored.
 _HEAD_ON_HIDDEN = {"gpt_neox", "gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "phi3"}
+
+
+#: Rows of hidden states sent through the LM head + log-softmax at a time: the ``[rows, vocab]``
+#: logits then stay in cache (measured on an [920 x 192] x [192 x 8192] head, 2 cores: all at once
+#: 15.6 ms, chunks of 256 rows 12.8 ms, 128: 14.0, 512: 14.3; in sentence_logprobs on tiny-m the
+#: difference between 256, 512 and no chunks is within noise, and chunks bound the memory).
+_HEAD_CHUNK_ROWS = 512
+
+
+def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(head(hidden))[target]`` per row (float32 or wider), in chunks of rows.
+
+    log_softmax + gather is one fused pass over the vocabulary, 2.5x faster on CPU than
+    ``logit[target] - logsumexp(logits)`` (amax, sub, exp, sum and log as separate passes).
+    """
+    out = []
+    for start in range(0, max(1, hidden.shape[0]), _HEAD_CHUNK_ROWS):
+        logits = head(hidden[start:start + _HEAD_CHUNK_ROWS])
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        out.append(torch.log_softmax(logits, dim=-1).gather(-1, targets[start:start + _HEAD_CHUNK_ROWS, None]).squeeze(-1))
+    return out[0] if len(out) == 1 else torch.cat(out)
 
 
 def prefix_token_id(tokenizer) -> int:
@@ -92,13 +121,15 @@ def collate_token_ids(id_lists: Sequence[Sequence[int]], prefix_id: int, pad_id:
     if any(n == 0 for n in lengths):
         raise ValueError("cannot score an empty sentence (0 tokens)")
     width = 1 + max(lengths)
-    input_ids = torch.full((len(id_lists), width), int(pad_id), dtype=torch.long)
-    attention = torch.zeros((len(id_lists), width), dtype=torch.long)
-    for row, ids in enumerate(id_lists):
-        input_ids[row, 0] = prefix_id
-        input_ids[row, 1 : 1 + len(ids)] = torch.as_tensor(ids, dtype=torch.long)
-        attention[row, : 1 + len(ids)] = 1
-    score_mask = attention.bool().clone()
+    ends = 1 + np.asarray(lengths)
+    attention_np = np.arange(width)[None, :] < ends[:, None]
+    input_np = np.full((len(id_lists), width), int(pad_id), dtype=np.int64)
+    input_np[:, 0] = prefix_id
+    input_np[attention_np & (np.arange(width)[None, :] > 0)] = np.fromiter(
+        (t for ids in id_lists for t in ids), dtype=np.int64, count=int(sum(lengths)))
+    input_ids = torch.from_numpy(input_np)
+    attention = torch.from_numpy(attention_np.astype(np.int64))
+    score_mask = torch.from_numpy(attention_np.copy())
     score_mask[:, 0] = False
     batch = {"input_ids": input_ids, "attention_mask": attention, "score_mask": score_mask}
     return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
@@ -147,12 +178,10 @@ def token_logprob_sums(model, batch: dict, token_weights: torch.Tensor | None = 
     targets = input_ids[:, 1:][rows]
     hidden, head = _scored_hidden_and_head(model, input_ids, attention_mask)
     if hidden is not None:
-        logits = head(hidden[:, :-1][rows])
+        token_lp = _head_logprobs(head, hidden[:, :-1][rows], targets)
     else:
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][rows]
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    token_lp = logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        token_lp = _head_logprobs(torch.nn.Identity(), logits, targets)
     w = target_w[rows].to(token_lp.dtype)
     out = torch.zeros(input_ids.shape[0], dtype=token_lp.dtype, device=token_lp.device)
     return out.index_add(0, rows[0], token_lp * w)
@@ -181,14 +210,26 @@ def sentence_logprobs(
     batch_size: int | None = None,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: bool | None = None,
+    packing: str = "auto",
+    row_tokens: int | None = None,
 ) -> np.ndarray:
     """log p(sentence) for every sentence, float64, with the module's BOS-prefix / sum convention.
 
-    Sentences are de-duplicated, sorted by token length (so batches carry little padding), right
-    padded, and run without gradient. ``batch_size`` fixes the number of sentences per batch;
-    ``None`` fills batches up to ``batch_tokens`` padded tokens. Results do not depend on the
-    batch size beyond floating-point summation order (tested: < 1e-5 absolute in float32, 1e-10 in
-    float64). ``progress`` shows a tqdm bar (default: when there are more than 20 batches).
+    Sentences are de-duplicated and run without gradient, packed in one of two ways:
+
+    - ``packing="tree"``: prefix trees (:func:`build_prefix_tree_rows`): sentences that share a
+      beginning (the two sentences of a minimal pair, paradigms built from one template) share the
+      positions of that beginning, so every distinct prefix goes through the model once (29 % fewer
+      positions on BLiMP with tiny-m's tokenizer). Rows of ``row_tokens`` positions with a 4-D
+      ancestor mask and tree-depth position ids; exact for the model types in
+      ``_TREE_MODEL_TYPES`` with SDPA or eager attention.
+    - ``packing="padded"``: sorted by token length (so batches carry little padding), right padded.
+
+    ``"auto"`` (default) takes the tree when :func:`supports_prefix_tree` and no ``batch_size`` is
+    given. ``batch_size`` fixes the number of sentences per padded batch; otherwise batches hold
+    at most ``batch_tokens`` positions. Results do not depend on packing or batch size beyond
+    floating-point summation order (tested: < 1e-5 absolute in float32, 1e-10 in float64).
+    ``progress`` shows a tqdm bar (default: when there are more than 20 batches).
 
     Returns:
         ``np.ndarray`` of shape ``[len(sentences)]``, dtype float64.
@@ -205,16 +246,32 @@ def sentence_logprobs(
     prefix = prefix_token_id(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else prefix
     device = next(model.parameters()).device
-    batches = _batches_by_tokens(lengths, batch_size, batch_tokens)
-    show = len(batches) > 20 if progress is None else progress
+    if packing not in ("auto", "tree", "padded"):
+        raise ValueError(f"packing={packing!r}: use 'auto', 'tree' or 'padded'")
+    if packing == "tree" and not supports_prefix_tree(model):
+        raise ValueError(
+            f"packing='tree' is not supported for model_type={getattr(model.config, 'model_type', None)!r} with "
+            f"attention {getattr(model.config, '_attn_implementation', None)!r}; use packing='padded'"
+        )
+    use_tree = packing == "tree" or (packing == "auto" and batch_size is None and supports_prefix_tree(model))
     out = np.empty(len(unique), dtype=np.float64)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            for index in tqdm(batches, desc="scoring", unit="batch", disable=not show, leave=False):
-                batch = collate_token_ids([ids[i] for i in index], prefix, pad, device)
-                out[index] = token_logprob_sums(model, batch).double().cpu().numpy()
+            if use_tree:
+                tree = build_prefix_tree_rows(ids, row_tokens or DEFAULT_TREE_ROW_TOKENS)
+                batches = list(iter_prefix_tree_batches(tree, batch_tokens))
+                show = len(batches) > 20 if progress is None else progress
+                for rows, index in tqdm(batches, desc="scoring", unit="batch", disable=not show, leave=False):
+                    batch = collate_prefix_tree(tree, rows, prefix, pad, sentences=index, device=device)
+                    out[index] = prefix_tree_sums(model, batch, len(index)).double().cpu().numpy()
+            else:
+                batches = _batches_by_tokens(lengths, batch_size, batch_tokens)
+                show = len(batches) > 20 if progress is None else progress
+                for index in tqdm(batches, desc="scoring", unit="batch", disable=not show, leave=False):
+                    batch = collate_token_ids([ids[i] for i in index], prefix, pad, device)
+                    out[index] = token_logprob_sums(model, batch).double().cpu().numpy()
     finally:
         model.train(was_training)
     return out[inverse]
@@ -258,3 +315,214 @@ def blimp_accuracy(scored: pd.DataFrame, by: str = "task") -> pd.DataFrame:
     return per_task.groupby(by, sort=True).agg(
         accuracy=("accuracy", "mean"), ties=("ties", "sum"), n_tasks=("accuracy", "size"), mean_margin=("mean_margin", "mean"),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# prefix-tree packing: every distinct prefix is run through the model once
+
+#: Model types whose forward honours explicit ``position_ids`` and a custom 4-D attention mask
+#: (transformers' ``create_causal_mask`` returns a 4-D mask unchanged), so that the prefix-tree
+#: packing below is exact. Tested against the padded path: gpt_neox, llama, gpt2.
+_TREE_MODEL_TYPES = {"gpt_neox", "gpt2", "llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2"}
+
+#: Default length (positions, prefix included) of one packed prefix-tree row. Measured on tiny-m,
+#: 2 idle CPU cores, 3,886 BLiMP sentences, seconds (batches of 1,024 / 1,536 positions): rows of
+#: 16 -> 2.02 / -; 32 -> 1.83 (512) ; 64 -> 1.62 / 1.82; 96 -> 1.58 / 1.97; 128 -> 1.59-1.63 / 1.85;
+#: 192 -> 1.64 / 1.75; 256 -> 1.69 / 2.14; padded batches: 2.08-2.10.
+DEFAULT_TREE_ROW_TOKENS = 128
+
+
+def supports_prefix_tree(model) -> bool:
+    """Whether :func:`sentence_logprobs` may pack ``model``'s inputs as prefix trees (exactly)."""
+    config = getattr(model, "config", None)
+    return (
+        getattr(config, "model_type", None) in _TREE_MODEL_TYPES & _HEAD_ON_HIDDEN
+        and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+    )
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def build_prefix_tree_rows(id_lists: Sequence[Sequence[int]], row_tokens: int = DEFAULT_TREE_ROW_TOKENS):
+    """Pack token sequences into rows of shared-prefix trees.
+
+    Sequences are sorted lexicographically and added to the current row one by one; a sequence
+    shares the nodes of its longest common prefix with the previous sequence of the row (which, in
+    sorted order, is its longest common prefix with any earlier sequence of the row), and only its
+    remaining tokens become new positions. A row starts with the prefix (BOS) at position 0 and
+    takes sequences while it has at most ``row_tokens`` positions (a longer sequence gets a row of
+    its own). Every token position ``p > 0`` has a parent position (the previous token of every
+    sequence through it), so ``log p(token_p | ancestors)`` is the same number for all of them.
+
+    Returns a dict: ``tokens`` (per row, the ids at positions ``1..``), ``parents`` (per row,
+    ``int64`` array of the parent of positions ``1..``), ``sentence_row`` (``[S]``) and
+    ``sentence_positions`` (per sequence, the row positions of its tokens ``t_1..t_n``).
+    """
+    order = sorted(range(len(id_lists)), key=lambda i: tuple(id_lists[i]))
+    tokens: list[list[int]] = []
+    parents: list[list[int]] = []
+    sentence_row = np.empty(len(id_lists), dtype=np.int64)
+    sentence_positions: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(id_lists)
+    prev: Sequence[int] = ()
+    path: list[int] = [0]
+    for i in order:
+        ids = id_lists[i]
+        if not len(ids):
+            raise ValueError("cannot score an empty sentence (0 tokens)")
+        shared = _common_prefix(prev, ids) if tokens else 0
+        if not tokens or 1 + len(tokens[-1]) + len(ids) - shared > row_tokens:
+            tokens.append([])
+            parents.append([])
+            shared, path = 0, [0]
+        row_t, row_p = tokens[-1], parents[-1]
+        path = path[: shared + 1]
+        for t in ids[shared:]:
+            row_t.append(int(t))
+            row_p.append(path[-1])
+            path.append(len(row_t))
+        sentence_row[i] = len(tokens) - 1
+        sentence_positions[i] = np.asarray(path[1:], dtype=np.int64)
+        prev = ids
+    return {
+        "tokens": tokens,
+        "parents": [np.asarray(p, dtype=np.int64) for p in parents],
+        "sentence_row": sentence_row,
+        "sentence_positions": sentence_positions,
+    }
+
+
+def collate_prefix_tree(tree: dict, rows: Sequence[int], prefix_id: int, pad_id: int,
+                        sentences: Sequence[int] | None = None, sentence_weights=None,
+                        sentence_ranges=None, device=None) -> dict:
+    """Batch tensors for some rows of :func:`build_prefix_tree_rows`.
+
+    ``input_ids`` / ``position_ids`` ``[R, W]`` (position = depth in the tree, the prefix at 0),
+    ``tree_mask`` ``[R, W, W]`` bool (a position sees itself and its ancestors; padding sees only
+    itself), and the scored nodes: ``node_row``, ``node_parent`` (where the next-token distribution
+    is read) and ``node_token``. ``member_sentence`` / ``member_node`` list which node belongs to
+    which of ``sentences`` (local index; default: every sequence in these rows). With
+    ``sentence_weights`` (``[len(sentences)]``), nodes carry ``node_weight`` = the summed weight of
+    the sequences through them, and nodes whose weights cancel are dropped (e.g. the shared beginning
+    of a good and a bad sentence weighted +1 and -1). ``sentence_ranges = (starts, ends)`` restricts
+    each sequence's membership to its tokens ``starts[j] .. ends[j] - 1`` (0-based; the critical
+    tokens of a pair).
+    """
+    rows = [int(r) for r in rows]
+    row_local = {r: k for k, r in enumerate(rows)}
+    lengths = np.array([1 + len(tree["tokens"][r]) for r in rows])
+    width = int(lengths.max())
+    n_rows = len(rows)
+    input_ids = np.full((n_rows, width), int(pad_id), dtype=np.int64)
+    input_ids[:, 0] = prefix_id
+    parent = np.tile(np.arange(width, dtype=np.int64), (n_rows, 1))  # padding: its own parent
+    parent[:, 0] = -1
+    offsets = np.concatenate([[0], np.cumsum(lengths - 1)])
+    for k, r in enumerate(rows):
+        n = lengths[k]
+        input_ids[k, 1:n] = tree["tokens"][r]
+        parent[k, 1:n] = tree["parents"][r]
+    # ancestor-or-self mask by pointer jumping up the tree, all rows at once
+    valid = np.arange(width)[None, :] < lengths[:, None]
+    mask = np.zeros((n_rows, width, width), dtype=bool)
+    r_idx, p_idx = np.nonzero(np.ones((n_rows, width), dtype=bool))
+    cur = p_idx.copy()
+    depth = np.zeros(n_rows * width, dtype=np.int64)
+    mask[r_idx, p_idx, cur] = True
+    pad_flat = ~valid.reshape(-1)
+    alive = (cur > 0) & ~pad_flat
+    while alive.any():
+        cur[alive] = parent[r_idx[alive], cur[alive]]
+        depth[alive] += 1
+        mask[r_idx[alive], p_idx[alive], cur[alive]] = True
+        alive &= cur > 0
+    position_ids = depth.reshape(n_rows, width)
+    # scored nodes: every valid position > 0, row-major (flat index = offsets[k] + p - 1)
+    node_row, node_pos = np.nonzero(valid & (np.arange(width)[None, :] > 0))
+    node_parent = parent[node_row, node_pos]
+    node_token = input_ids[node_row, node_pos]
+    if sentences is None:
+        sentences = np.flatnonzero(np.isin(tree["sentence_row"], rows))
+    sentences = np.asarray(sentences, dtype=np.int64)
+    member_sentence = np.concatenate(
+        [np.full(len(tree["sentence_positions"][s]), j, dtype=np.int64) for j, s in enumerate(sentences)]
+    ) if len(sentences) else np.zeros(0, dtype=np.int64)
+    member_node = np.concatenate(
+        [offsets[row_local[int(tree["sentence_row"][s])]] + tree["sentence_positions"][s] - 1 for s in sentences]
+    ) if len(sentences) else np.zeros(0, dtype=np.int64)
+    if sentence_ranges is not None:
+        starts, ends = (np.asarray(x, dtype=np.int64) for x in sentence_ranges)
+        first = np.concatenate([[0], np.cumsum([len(tree["sentence_positions"][s]) for s in sentences])])[:-1]
+        token_index = np.arange(len(member_sentence)) - first[member_sentence]
+        inside = (token_index >= starts[member_sentence]) & (token_index < ends[member_sentence])
+        member_sentence, member_node = member_sentence[inside], member_node[inside]
+    batch = {
+        "input_ids": input_ids, "position_ids": position_ids, "tree_mask": mask,
+        "node_row": node_row, "node_parent": node_parent, "node_token": node_token,
+        "member_sentence": member_sentence, "member_node": member_node,
+    }
+    if sentence_weights is not None:
+        w = np.asarray(sentence_weights, dtype=np.float64)
+        node_weight = np.bincount(member_node, weights=w[member_sentence], minlength=len(node_row))
+        keep = node_weight != 0
+        for key in ("node_row", "node_parent", "node_token"):
+            batch[key] = batch[key][keep]
+        batch["node_weight"] = node_weight[keep]
+    out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+    return {k: v.to(device) for k, v in out.items()} if device is not None else out
+
+
+def prefix_tree_logprobs(model, batch: dict) -> torch.Tensor:
+    """Differentiable ``log p(node_token | ancestors)`` of every scored node of a
+    :func:`collate_prefix_tree` batch (``[n_nodes]``; float32 or wider), one forward pass.
+
+    The 4-D mask is additive (0 where a position may attend, the dtype's minimum elsewhere), which
+    both the SDPA and the eager attention of transformers accept.
+    """
+    base = getattr(model, model.base_model_prefix)
+    head = model.get_output_embeddings()
+    dtype = next(model.parameters()).dtype
+    additive = torch.zeros(batch["tree_mask"].shape, dtype=dtype, device=batch["input_ids"].device)
+    additive.masked_fill_(~batch["tree_mask"], torch.finfo(dtype).min)
+    hidden = base(input_ids=batch["input_ids"], attention_mask=additive[:, None],
+                  position_ids=batch["position_ids"]).last_hidden_state
+    return _head_logprobs(head, hidden[batch["node_row"], batch["node_parent"]], batch["node_token"])
+
+
+def prefix_tree_sums(model, batch: dict, n_sentences: int) -> torch.Tensor:
+    """``[n_sentences]`` sentence log-probabilities of a :func:`collate_prefix_tree` batch."""
+    lp = prefix_tree_logprobs(model, batch)
+    out = torch.zeros(n_sentences, dtype=lp.dtype, device=lp.device)
+    return out.index_add(0, batch["member_sentence"], lp[batch["member_node"]])
+
+
+def iter_prefix_tree_batches(tree: dict, batch_tokens: int):
+    """``(rows, sentences)`` per batch of :func:`build_prefix_tree_rows` rows (at most
+    ``batch_tokens`` padded positions, longest rows first); ``sentences`` are the indices of the
+    sequences in those rows."""
+    by_row = np.argsort(tree["sentence_row"], kind="stable")
+    row_start = np.searchsorted(tree["sentence_row"][by_row], np.arange(len(tree["tokens"]) + 1))
+    for rows in _tree_batches(tree, batch_tokens):
+        yield rows, np.concatenate([by_row[row_start[r]:row_start[r + 1]] for r in rows])
+
+
+def _tree_batches(tree: dict, batch_tokens: int) -> list[list[int]]:
+    """Consecutive rows grouped so that a batch holds at most ``batch_tokens`` padded positions."""
+    lengths = [1 + len(t) for t in tree["tokens"]]
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    batches, cur, cur_width = [], [], 0
+    for r in order:
+        width = max(cur_width, lengths[r])
+        if cur and width * (len(cur) + 1) > batch_tokens:
+            batches.append(cur)
+            cur, width = [], lengths[r]
+        cur.append(int(r))
+        cur_width = width
+    if cur:
+        batches.append(cur)
+    return batches

@@ -273,3 +273,19 @@ def test_first_order_prediction_subset_and_missing():
     assert list(pred.columns) == ["u3", "u1"] and pred.loc["t"].tolist() == [6.0, 2.0]
     with pytest.raises(KeyError, match="u9"):
         first_order_prediction(diffs, {"t": delta}, evaluated=["u9"])
+
+
+def test_prepared_evaluation_tree_and_padded_packing_agree(tiny_lm64, pairs):
+    model, tok = tiny_lm64
+    test = pairs[pairs.split == "test"]
+    tree = prepare_evaluation(tok, test, batch_tokens=48)
+    padded = prepare_evaluation(tok, test, batch_tokens=48, packing="padded")
+    assert tree.uses_tree(model) and not padded.uses_tree(model)
+    assert padded.tree_batches is None
+    # shared beginnings are fed once, and only the scored (non-shared) nodes reach the head
+    assert tree.n_tree_tokens < tree.n_tokens and tree.n_tree_scored <= tree.n_scored
+    reference = score_pairs(model, tok, test)["margin"].to_numpy()
+    np.testing.assert_allclose(tree.margins(model), reference, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(padded.margins(model), reference, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="packing='rows'"):
+        prepare_evaluation(tok, test, packing="rows")
