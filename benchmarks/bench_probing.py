@@ -49,7 +49,17 @@ logits, Python and small-batch overhead). With perfect to 70 % two-thread scalin
 2-core machine, the 67 x 67 space projects to 10.5-15 minutes for ``tiny-m`` (target: 20) and
 16-23 minutes for ``tiny-l``: a projection from CPU time, not a measured unloaded wall time.
 
-    python benchmarks/bench_probing.py [--model tiny-m] [--tuned 3] [--threads 2] [--out result.json]
+Measured again 2026-11-25 (second session) on the built suite, quiet machine (load average 1-2),
+2 threads, after prefix-tree packing of the evaluation (118,669 positions per evaluation instead of
+179,608; 98,802 LM-head positions instead of 102,364):
+
+    tiny-m  67 x 67 measured end to end (--full, differentials included): 7.4 min wall, 14.6 CPU min
+            (extrapolated from 3 tuned tasks: 6.9 min; per tuned task tune 1.4 s + evaluate 4.8 s);
+            64.5 TFLOP, floor at the measured 391 GFLOP/s model-shape matmul rate 2.7 min: 2.5-2.6x it.
+    tiny-l  extrapolated from 3 tuned tasks: 10.7 min wall (20.8 CPU min); tune 2.1 s + evaluate 7.3 s
+            per tuned task; 119.3 TFLOP, floor 5.1 min: 2.1x it.
+
+    python benchmarks/bench_probing.py [--model tiny-m] [--tuned 3] [--threads 2] [--full] [--out result.json]
     python benchmarks/bench_probing.py --sweep [--model tiny-s]
 """
 
@@ -117,7 +127,7 @@ def forward_flops(s: dict, tokens: int, head_positions: int, attn_sq: int) -> fl
 def tuning_counts(tokenizer, train, config) -> dict:
     """Expected tokens / head positions / attention pairs of one FTGD run (``steps`` batches of
     ``batch_size`` pairs drawn from ``train``) and of one task differential over ``train``."""
-    from taskspace_utils.probing import _common_prefix_len
+    from taskspace_utils.data import common_prefix_len as _common_prefix_len
     from taskspace_utils.scoring import tokenize_sentences
 
     g = tokenize_sentences(tokenizer, list(train["good"]))
@@ -184,8 +194,12 @@ def bench_speed(args):
 
     counts = tuning_counts(tok, pairs[pairs.split == "train"], config.ftgd)
     counts["differential"] = {k: v / n_tasks for k, v in counts["differential"].items()}  # per task
-    eval_attn = sum(int(b["input_ids"].shape[1]) ** 2 * int(b["input_ids"].shape[0]) for _, b in prepared.batches)
-    f_eval = forward_flops(s, prepared.n_tokens, prepared.n_scored, eval_attn)
+    tree = prepared.uses_tree(model)
+    eval_batches = prepared.tree_batches if tree else prepared.batches
+    eval_attn = sum(int(b["input_ids"].shape[1]) ** 2 * int(b["input_ids"].shape[0]) for _, b in eval_batches)
+    eval_tokens = prepared.n_tree_tokens if tree else prepared.n_tokens
+    eval_head = prepared.n_tree_scored if tree else prepared.n_scored
+    f_eval = forward_flops(s, eval_tokens, eval_head, eval_attn)
     f_tune = 3 * forward_flops(s, counts["tune"]["tokens"], counts["tune"]["head"], counts["tune"]["attn"])
     f_diff = 3 * forward_flops(s, counts["differential"]["tokens"], counts["differential"]["head"], counts["differential"]["attn"])
     full_flops = f_eval * (n_tasks + 1) + f_tune * n_tasks
@@ -206,7 +220,10 @@ def bench_speed(args):
         "full_space_wall_min_without_stage02": (full_wall + n_tasks * diff_wall) / 60,
         "passes": {
             "eval_forward_sentences_per_evaluation": prepared.n_rows, "evaluations": n_tasks + 1,
-            "eval_tokens_per_evaluation": prepared.n_tokens, "eval_head_positions_per_evaluation": prepared.n_scored,
+            "eval_packing": "prefix tree" if tree else "padded",
+            "eval_tokens_per_evaluation": eval_tokens, "eval_head_positions_per_evaluation": eval_head,
+            "eval_tokens_per_evaluation_padded_packing": prepared.n_tokens,
+            "eval_head_positions_per_evaluation_padded_packing": prepared.n_scored,
             "tune_forward_backward_sentences_per_task": counts["tune"]["sentences"],
             "tune_tokens_per_task": counts["tune"]["tokens"],
             "differential_forward_backward_sentences_per_task": counts["differential"]["sentences"],
@@ -221,6 +238,17 @@ def bench_speed(args):
     out["floor_cpu_min_at_model_shape_cpu_rate"] = full_flops / (rate_cpu * 1e9) / 60
     out["cpu_over_cpu_floor"] = out["full_space_cpu_min"] / out["floor_cpu_min_at_model_shape_cpu_rate"]
     out["achieved_gflops_per_cpu_s"] = full_flops / (out["full_space_cpu_min"] * 60) / 1e9
+    if args.full:
+        # the whole space end to end, as notebook 04 runs it (differentials computed by the probe)
+        with tempfile.TemporaryDirectory() as folder:
+            full_result, wall, cpu = timed(lambda: probe_transfer(model, tok, pairs, folder, config, progress=True))
+        out["measured_full_space"] = {
+            "wall_min": wall / 60, "cpu_min": cpu / 60, "tuned_tasks": int(full_result.margin.shape[0]),
+            "eval_tasks": int(full_result.margin.shape[1]), "loadavg_end": os.getloadavg(),
+            "flops_with_differentials": full_flops + n_tasks * f_diff,
+        }
+        out["measured_full_space"]["wall_over_floor"] = (
+            out["measured_full_space"]["wall_min"] / ((full_flops + n_tasks * f_diff) / (rate * 1e9) / 60))
     print(json.dumps(out, indent=2, default=float))
     print(f"\n{label}: {n_tasks} x {n_tasks} transfer space, extrapolated from {len(tuned)} tuned tasks: "
           f"{out['full_space_wall_min']:.1f} min wall ({out['full_space_cpu_min']:.1f} CPU min) with {out['threads']} thread(s), "
@@ -229,7 +257,10 @@ def bench_speed(args):
           f"{rate:.0f} GFLOP/s (model-shape matmul) the floor is {out['floor_min_at_model_shape_rate']:.1f} min: "
           f"wall / floor = {out['wall_over_floor']:.1f}; in CPU time {out['achieved_gflops_per_cpu_s']:.0f} GFLOP per CPU "
           f"second vs. {rate_cpu:.0f} for the bare matmul: CPU time / CPU floor = {out['cpu_over_cpu_floor']:.2f}."
-          + (f" Prepared evaluation vs. score_pairs: {sp_cpu / eval_cpu:.2f}x less CPU time." if sp_cpu else ""))
+          + (f" Prepared evaluation vs. score_pairs: {sp_cpu / eval_cpu:.2f}x less CPU time." if sp_cpu else "")
+          + (f" Measured end to end (--full, differentials included): {out['measured_full_space']['wall_min']:.1f} min "
+             f"wall, {out['measured_full_space']['cpu_min']:.1f} CPU min, {out['measured_full_space']['wall_over_floor']:.1f}x "
+             f"the matmul floor." if args.full else ""))
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2, default=float) + "\n")
     return out
@@ -280,6 +311,7 @@ def main(argv=None):
     parser.add_argument("--compare-score-pairs", action="store_true", help="also time scoring.score_pairs once")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--full", action="store_true", help="also run the whole n x n space end to end and time it")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -743,7 +743,8 @@ def pair_differential_norms(
                 ghost.sq = torch.zeros(len(index), dtype=torch.float64, device=device)
                 ghost.row_pair = torch.arange(len(ids), device=device) // 2
                 ghost.selected_rows = torch.nonzero(weights[:, 1:] != 0, as_tuple=True)[0]
-                objective = token_logprob_sums(model, batch, token_weights=weights).sum()
+                # one call of the LM head: its per-example norm needs all of a pair's positions at once
+                objective = token_logprob_sums(model, batch, token_weights=weights, head_chunk_rows=0).sum()
                 grads = torch.autograd.grad(objective, [p for _, p in params], allow_unused=True)
                 for (name, _), g in zip(params, grads):
                     if g is not None:

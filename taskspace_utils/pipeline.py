@@ -407,17 +407,24 @@ def parse_set(text: str) -> tuple[str, str, Any]:
     return key, param, value
 
 
-def _split_entry(entry, profile_name: str) -> tuple[str, list | None]:
+def _split_entry(entry, profile_name: str) -> tuple[str, list | None, list | None]:
+    """``(name, revisions or None, notebooks or None)`` of a profile's model entry."""
     if isinstance(entry, str):
         name, at, revision = entry.partition("@")
-        return name, ([revision] if at else None)
+        return name, ([revision] if at else None), None
     if isinstance(entry, dict) and "model" in entry:
-        revisions = entry.get("revisions")
+        unknown = set(entry) - {"model", "revisions", "notebooks"}
+        if unknown:
+            raise PlanError(f"profile {profile_name!r}: model entry {entry['model']!r} has unknown key(s) "
+                            f"{sorted(unknown)} (allowed: model, revisions, notebooks)")
+        revisions, notebooks = entry.get("revisions"), entry.get("notebooks")
         if revisions is not None and not isinstance(revisions, list):
             raise PlanError(f"profile {profile_name!r}: revisions of {entry['model']!r} must be a list")
-        return str(entry["model"]), revisions
+        if notebooks is not None and (not isinstance(notebooks, list) or not notebooks):
+            raise PlanError(f"profile {profile_name!r}: notebooks of {entry['model']!r} must be a non-empty list")
+        return str(entry["model"]), revisions, (list(notebooks) if notebooks is not None else None)
     raise PlanError(f"profile {profile_name!r}: model entry {entry!r} must be 'name[@revision]' or "
-                    "{model: name, revisions: [...]}")
+                    "{model: name, revisions: [...], notebooks: [...]}")
 
 
 def _model_kind(name: str) -> str:
@@ -498,9 +505,11 @@ class _Parameters:
         return {**wanted, **runner}
 
 
-def _expand_models(profile: dict, name: str, overrides: Overrides) -> list[tuple[str, str, str | None]]:
-    """``(model, kind, revision)`` of every unit, in order, after ``--models``, ``--sizes`` and
-    ``--revisions``; suite models without revisions get ``final``, hub and local ones ``None``."""
+def _expand_models(profile: dict, name: str, overrides: Overrides) -> list[tuple[str, str, str | None, list | None]]:
+    """``(model, kind, revision, notebooks)`` of every unit, in order, after ``--models``,
+    ``--sizes`` and ``--revisions``; suite models without revisions get ``final``, hub and local
+    ones ``None``. ``notebooks`` is the entry's own selection of per-unit notebooks (``None``: all);
+    a unit listed by two entries runs the union of their selections."""
     entries = [_split_entry(e, name) for e in (overrides.models or profile.get("models") or [])]
     if not entries:
         raise PlanError(f"profile {name!r} lists no models")
@@ -511,8 +520,9 @@ def _expand_models(profile: dict, name: str, overrides: Overrides) -> list[tuple
                             f"(models: {', '.join(e[0] for e in entries)})")
         entries = kept
     default_revisions = profile.get("revisions")
-    triples = []
-    for model, revisions in entries:
+    triples: list[tuple[str, str, str | None]] = []
+    selections: dict[tuple[str, str, str | None], list | None] = {}
+    for model, revisions, notebooks in entries:
         kind = _model_kind(model)
         if overrides.revisions:
             revisions = list(overrides.revisions)
@@ -528,9 +538,13 @@ def _expand_models(profile: dict, name: str, overrides: Overrides) -> list[tuple
             if kind == "suite" and not (revision in SYMBOLIC_REVISIONS or re.fullmatch(r"step\d+", revision or "")):
                 raise PlanError(f"profile {name!r}: revision {revision!r} of suite model {model!r}: expected "
                                 "stepN, final, mid or early")
-            if (model, kind, revision) not in triples:
-                triples.append((model, kind, revision))
-    return triples
+            key = (model, kind, revision)
+            if key not in triples:
+                triples.append(key)
+                selections[key] = None if notebooks is None else list(notebooks)
+            elif selections[key] is not None:
+                selections[key] = None if notebooks is None else list(dict.fromkeys(selections[key] + notebooks))
+    return [(*key, selections[key]) for key in triples]
 
 
 def _plan_suite(settings: dict, name: str, sizes: list[str], run_dir: Path, device, job_of) -> SuiteBuild:
@@ -591,9 +605,25 @@ def build_plan(profiles: dict, name: str, *, notebooks_dir: str | os.PathLike, o
             selected.append(stem)
 
     units = []
-    for model, kind, revision in _expand_models(profile, name, overrides):
+    for model, kind, revision, entry_notebooks in _expand_models(profile, name, overrides):
         chain = {stem: parameters.of(stem, {"model": "", "out_dir": ""}) for stem in unit_stems}
-        jobs = [NotebookJob(stem, chain[stem]) for stem in unit_stems if selected is None or stem in selected]
+        own = None
+        if entry_notebooks is not None:
+            own = []
+            for key in entry_notebooks:
+                stem = _notebook_key(key, notebooks, f"notebooks of model {model!r}")
+                if stem is None:  # well-formed but not in the notebooks folder: noted, like absent `notebooks:` keys
+                    shown = f"{key:02d}" if isinstance(key, int) and not isinstance(key, bool) else str(key)
+                    note = f"notebooks of {model!r}: {shown} is not in {notebooks_dir}; ignored"
+                    if note not in notes:
+                        notes.append(note)
+                    continue
+                if stem not in unit_stems:
+                    raise PlanError(f"profile {name!r}: notebooks of {model!r}: {key!r} is not a per-unit notebook "
+                                    f"({', '.join(unit_stems)})")
+                own.append(stem)
+        jobs = [NotebookJob(stem, chain[stem]) for stem in unit_stems
+                if (selected is None or stem in selected) and (own is None or stem in own)]
         units.append(Unit(model=model, kind=kind, revision=revision, jobs=jobs, run_dir=run_dir, chain=chain))
     names = [u.name for u in units]
     if len(set(names)) != len(names):
@@ -1180,15 +1210,17 @@ def describe_plan(plan: Plan) -> str:
         resolve_revisions(plan)
     lines.append(f"units ({len(plan.units)}):")
     for unit in plan.units:
+        everything = [j.name for j in unit.jobs] == list(plan.unit_notebooks)
+        every = "all" if everything else "all of " + ", ".join(j.name[:2] for j in unit.jobs)
         if unit.resolved:
             pending = pending_notebooks(unit)
             state = ("complete" if not pending else
-                     f"to run: {', '.join(pending)}" if len(pending) < len(unit.jobs) else "to run: all")
+                     f"to run: {', '.join(pending)}" if len(pending) < len(unit.jobs) else f"to run: {every}")
             if not unit.jobs:
                 state = "no notebook selected"
             lines.append(f"  {unit.name:<36} {state}   (model {unit.spec})")
         else:
-            lines.append(f"  {unit.name:<36} to run: all   (revision resolved after the suite build)")
+            lines.append(f"  {unit.name:<36} to run: {every}   (revision resolved after the suite build)")
     lines.append("parameters:")
     if plan.suite is not None and plan.suite.job is not None:
         lines.append(f"  {plan.suite.job.name}: {json.dumps(to_jsonable(plan.suite.job.parameters))}")

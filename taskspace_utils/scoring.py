@@ -73,18 +73,21 @@ _HEAD_ON_HIDDEN = {"gpt_neox", "gpt2", "gpt_neo", "gptj", "llama", "mistral", "q
 _HEAD_CHUNK_ROWS = 512
 
 
-def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``log_softmax(head(hidden))[target]`` per row (float32 or wider), in chunks of rows.
+def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
+    """``log_softmax(head(hidden))[target]`` per row (float32 or wider), in chunks of
+    ``chunk_rows`` rows (default ``_HEAD_CHUNK_ROWS``; ``0``: one call of the head for all rows,
+    which per-example gradient hooks on the head rely on).
 
     log_softmax + gather is one fused pass over the vocabulary, 2.5x faster on CPU than
     ``logit[target] - logsumexp(logits)`` (amax, sub, exp, sum and log as separate passes).
     """
+    step = _HEAD_CHUNK_ROWS if chunk_rows is None else (int(chunk_rows) or max(1, hidden.shape[0]))
     out = []
-    for start in range(0, max(1, hidden.shape[0]), _HEAD_CHUNK_ROWS):
-        logits = head(hidden[start:start + _HEAD_CHUNK_ROWS])
+    for start in range(0, max(1, hidden.shape[0]), step):
+        logits = head(hidden[start:start + step])
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
-        out.append(torch.log_softmax(logits, dim=-1).gather(-1, targets[start:start + _HEAD_CHUNK_ROWS, None]).squeeze(-1))
+        out.append(torch.log_softmax(logits, dim=-1).gather(-1, targets[start:start + step, None]).squeeze(-1))
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
@@ -154,7 +157,8 @@ def _scored_hidden_and_head(model, input_ids, attention_mask):
     return hidden, head
 
 
-def token_logprob_sums(model, batch: dict, token_weights: torch.Tensor | None = None) -> torch.Tensor:
+def token_logprob_sums(model, batch: dict, token_weights: torch.Tensor | None = None,
+                       head_chunk_rows: int | None = None) -> torch.Tensor:
     """Differentiable ``sum_i w_i log p(t_i | t_<i)`` per row of a collated batch.
 
     Args:
@@ -163,6 +167,8 @@ def token_logprob_sums(model, batch: dict, token_weights: torch.Tensor | None = 
             ``attention_mask``, ``score_mask``; ``[B, L]``).
         token_weights: optional ``[B, L]`` float weights replacing ``score_mask`` (e.g. 1 on the
             critical tokens only); position 0 (the prefix) is never scored.
+        head_chunk_rows: scored positions per call of the LM head (default: ``_HEAD_CHUNK_ROWS``;
+            ``0``: a single call, as per-example gradient hooks on the head need).
 
     Returns:
         ``[B]`` tensor in the model's dtype (float32 accumulation at least): the weighted sum of
@@ -178,7 +184,7 @@ def token_logprob_sums(model, batch: dict, token_weights: torch.Tensor | None = 
     targets = input_ids[:, 1:][rows]
     hidden, head = _scored_hidden_and_head(model, input_ids, attention_mask)
     if hidden is not None:
-        token_lp = _head_logprobs(head, hidden[:, :-1][rows], targets)
+        token_lp = _head_logprobs(head, hidden[:, :-1][rows], targets, head_chunk_rows)
     else:
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][rows]
         token_lp = _head_logprobs(torch.nn.Identity(), logits, targets)

@@ -10,6 +10,7 @@ was executed), raise on demand (``fail_on``) and sleep on demand (``slow_models`
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -141,6 +142,9 @@ def test_repo_profiles_plan(tmp_path, monkeypatch):
     quick = build_plan(profiles, "quick", notebooks_dir=notebooks, out_dir=tmp_path / "q")
     assert [u.name for u in quick.units] == ["tiny-s@final", "tiny-m@step0", "tiny-m@early", "tiny-m@mid",
                                              "tiny-m@final", "tiny-l@final"]
+    # the synthetic notebooks have no 03/04: the units restricted to [01, 02, 04] keep 01 and 02 (noted)
+    assert all([j.name for j in u.jobs] == ["01_build_data", "02_gradient_extraction"] for u in quick.units)
+    assert any("'tiny-s': 04 is not in" in note for note in quick.notes)
     assert quick.suite.sizes == ["tiny-s", "tiny-m", "tiny-l"]
     assert quick.suite.suite_dir == (tmp_path / "suite").resolve()
     assert quick.env["TASKSPACE_SUITE_DIR"] == str((tmp_path / "suite").resolve())
@@ -173,6 +177,28 @@ def test_overrides(workspace):
     assert sized.comparison == []  # not selected
     everything = build_plan(profiles, "pair", notebooks_dir=notebooks, overrides=Overrides(tasks=["ALL"]))
     assert everything.units[0].jobs[0].parameters["tasks"] is None
+
+
+def test_model_entries_select_their_notebooks(workspace):
+    notebooks, profiles, counter, tmp = workspace
+    profiles["profiles"]["sel"] = {"models": [
+        {"model": "test/alpha", "revisions": ["r1", "r2"], "notebooks": [1]},
+        {"model": "test/alpha", "revisions": ["r2"], "notebooks": ["02_gradient_extraction"]},  # union for r2
+        {"model": "test/beta"},
+    ]}
+    plan = build_plan(profiles, "sel", notebooks_dir=notebooks, out_dir=tmp / "r")
+    jobs = {u.name: [j.name for j in u.jobs] for u in plan.units}
+    assert jobs == {"test--alpha@r1": ["01_build_data"],
+                    "test--alpha@r2": ["01_build_data", "02_gradient_extraction"],
+                    "test--beta": ["01_build_data", "02_gradient_extraction"]}
+    narrowed = build_plan(profiles, "sel", notebooks_dir=notebooks, out_dir=tmp / "r", overrides=Overrides(notebooks=["02"]))
+    assert {u.name: [j.name for j in u.jobs] for u in narrowed.units}["test--alpha@r1"] == []
+    for entry, message in (({"model": "test/alpha", "notebooks": ["05"]}, "not a per-unit notebook"),
+                           ({"model": "test/alpha", "notebooks": []}, "must be a non-empty list"),
+                           ({"model": "test/alpha", "skip": [1]}, "unknown key(s) ['skip']")):
+        profiles["profiles"]["bad"] = {"models": [entry]}
+        with pytest.raises(PlanError, match=re.escape(message)):
+            build_plan(profiles, "bad", notebooks_dir=notebooks, out_dir=tmp / "r")
 
 
 @pytest.mark.parametrize("call, message", [

@@ -53,6 +53,14 @@ def test_fast_head_path_equals_full_logits(tiny_lm64, monkeypatch):
     np.testing.assert_allclose(fast, full, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("packing", ["tree", "padded"])
+def test_head_in_chunks_of_rows_equals_one_call(tiny_lm64, monkeypatch, packing):
+    model, tok = tiny_lm64
+    whole = sentence_logprobs(model, tok, SENTENCES, packing=packing)
+    monkeypatch.setattr(scoring, "_HEAD_CHUNK_ROWS", 3)
+    np.testing.assert_allclose(sentence_logprobs(model, tok, SENTENCES, packing=packing), whole, rtol=0, atol=1e-12)
+
+
 def test_prefix_falls_back_to_eos(tiny_lm64):
     model, tok = tiny_lm64
     tok2 = tok.__class__(tokenizer_object=tok.backend_tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
