@@ -12,6 +12,12 @@ recorded wall time is reported), then score every checkpoint on ``--pairs`` pair
 step-0 and final checkpoints on ``--pairs-final`` (1,000 = the full benchmark). Writes
 ``{out}/pretrain_suite.csv`` and ``{out}/pretrain_suite.md`` (the table for the report).
 
+Measured 2026-11-25 on the idle 2-core machine, fresh clone (``TASKSPACE_SUITE_DIR`` empty), budget
+800 / 1,000 / 1,500 steps: training + checkpoints 194 + 314 + 693 s = 20.0 min (run_all's suite step,
+tokenizer and the notebook's BLiMP curve included: 20 m 44 s). BLiMP, full 1,000 pairs per task:
+step 0 0.507 / 0.503 / 0.515; final tiny-s 0.555, tiny-m 0.567, tiny-l 0.582 (ordered by size;
+>= 0.58). The earlier 1,200 / 1,500 / 1,800-step budget gave tiny-l 0.594 but took ~31 min idle.
+
     python benchmarks/bench_pretrain_suite.py [--suite-dir DIR] [--pairs 100] [--pairs-final 1000]
 """
 
