@@ -392,7 +392,7 @@ def _weighted_gradient(model, tokenizer, rows, batch_size, batch_tokens, progres
     else:
         lengths = np.array([len(r[0]) for r in rows])
         batches = _batches_by_tokens(lengths, batch_size, batch_tokens)
-    starts = np.array([r[1] for r in rows]); ends = np.array([r[2] for r in rows]); values = np.array([r[3] for r in rows])
+    starts, ends, values = (np.array([r[k] for r in rows]) for k in (1, 2, 3))
     show = len(batches) > 20 if progress is None else bool(progress)
     was_training = model.training
     model.eval()
@@ -956,19 +956,26 @@ def packed_jaccard_space(packed: Mapping[str, np.ndarray]) -> pd.DataFrame:
     return frame
 
 
+def _task_names(by_task: Mapping[str, Mapping[str, torch.Tensor]], caller: str) -> tuple[list[str], list[str]]:
+    """``(tasks, parameter names)`` of a ``{task: {name: tensor}}`` mapping; raises ``ValueError``
+    naming ``caller`` when it is empty or a task holds other parameter names than the first."""
+    tasks = list(by_task)
+    if not tasks:
+        raise ValueError(f"{caller}: no tasks")
+    names = list(by_task[tasks[0]])
+    for t in tasks[1:]:
+        if list(by_task[t]) != names:
+            raise ValueError(f"{caller}: task {t!r} has other parameters than task {tasks[0]!r}")
+    return tasks, names
+
+
 def mask_overlap_space(masks_by_task: Mapping[str, Mapping[str, torch.Tensor]]) -> pd.DataFrame:
     """Jaccard overlap ``|M_t & M_u| / |M_t | M_u|`` of task subnetworks (tasks x tasks).
 
     All tasks must mask the same parameters (same names and shapes). The diagonal is 1; two empty
     masks give NaN. Masks are bit-packed (``P / 8`` bytes per task) and compared with popcounts.
     """
-    tasks = list(masks_by_task)
-    if not tasks:
-        raise ValueError("mask_overlap_space: no tasks")
-    names = list(masks_by_task[tasks[0]])
-    for t in tasks[1:]:
-        if list(masks_by_task[t]) != names:
-            raise ValueError(f"mask_overlap_space: task {t!r} masks other parameters than task {tasks[0]!r}")
+    tasks, names = _task_names(masks_by_task, "mask_overlap_space")
     return packed_jaccard_space({t: pack_masks(masks_by_task[t], names) for t in tasks})
 
 
@@ -1069,13 +1076,7 @@ def gradient_space(
         raise ValueError(f"metric={metric!r}: use one of {METRICS}")
     if by not in ("model", "module"):
         raise ValueError(f"by={by!r}: use 'model' or 'module'")
-    tasks = list(differentials_by_task)
-    if not tasks:
-        raise ValueError("gradient_space: no tasks")
-    names = list(differentials_by_task[tasks[0]])
-    for t in tasks[1:]:
-        if list(differentials_by_task[t]) != names:
-            raise ValueError(f"gradient_space: task {t!r} has other parameters than task {tasks[0]!r}")
+    tasks, names = _task_names(differentials_by_task, "gradient_space")
 
     def stack(name):
         return torch.stack([differentials_by_task[t][name].detach().reshape(-1).cpu() for t in tasks])

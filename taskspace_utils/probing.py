@@ -351,18 +351,12 @@ def prepare_evaluation(tokenizer, test_pairs: pd.DataFrame, tasks: Sequence[str]
         starts = np.array([start for _, start in rows], dtype=np.int64)
         tree_batches = []
         for tree_rows, index in iter_prefix_tree_batches(tree, batch_tokens):
+            # membership from each row's `start`: the common-prefix nodes of a pair get no LM head
             batch = collate_prefix_tree(tree, tree_rows, prefix, pad, sentences=index,
                                         sentence_ranges=(starts[index], lengths[index]))
-            # only the nodes some row scores go through the LM head
-            used = np.unique(batch["member_node"].numpy())
-            remap = np.full(len(batch["node_row"]), -1, dtype=np.int64)
-            remap[used] = np.arange(len(used))
-            for key in ("node_row", "node_parent", "node_token"):
-                batch[key] = batch[key][torch.from_numpy(used)]
-            batch["member_node"] = torch.from_numpy(remap[batch["member_node"].numpy()])
             tree_batches.append((index, batch))
             n_tree_tokens += sum(1 + len(tree["tokens"][r]) for r in tree_rows)
-            n_tree_scored += len(used)
+            n_tree_scored += len(batch["node_row"])
     return PreparedEvaluation(tasks, pair_task, good_row, bad_row, batches, len(rows),
                               int(lengths.sum() + len(rows)), n_scored, tree_batches, n_tree_tokens, n_tree_scored)
 

@@ -37,6 +37,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .data import common_prefix_len
+
 __all__ = [
     "prefix_token_id",
     "tokenize_sentences",
@@ -347,14 +349,6 @@ def supports_prefix_tree(model) -> bool:
     )
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 def build_prefix_tree_rows(id_lists: Sequence[Sequence[int]], row_tokens: int = DEFAULT_TREE_ROW_TOKENS):
     """Pack token sequences into rows of shared-prefix trees.
 
@@ -381,7 +375,7 @@ def build_prefix_tree_rows(id_lists: Sequence[Sequence[int]], row_tokens: int = 
         ids = id_lists[i]
         if not len(ids):
             raise ValueError("cannot score an empty sentence (0 tokens)")
-        shared = _common_prefix(prev, ids) if tokens else 0
+        shared = common_prefix_len(prev, ids) if tokens else 0
         if not tokens or 1 + len(tokens[-1]) + len(ids) - shared > row_tokens:
             tokens.append([])
             parents.append([])
@@ -411,13 +405,14 @@ def collate_prefix_tree(tree: dict, rows: Sequence[int], prefix_id: int, pad_id:
     ``input_ids`` / ``position_ids`` ``[R, W]`` (position = depth in the tree, the prefix at 0),
     ``tree_mask`` ``[R, W, W]`` bool (a position sees itself and its ancestors; padding sees only
     itself), and the scored nodes: ``node_row``, ``node_parent`` (where the next-token distribution
-    is read) and ``node_token``. ``member_sentence`` / ``member_node`` list which node belongs to
-    which of ``sentences`` (local index; default: every sequence in these rows). With
-    ``sentence_weights`` (``[len(sentences)]``), nodes carry ``node_weight`` = the summed weight of
-    the sequences through them, and nodes whose weights cancel are dropped (e.g. the shared beginning
-    of a good and a bad sentence weighted +1 and -1). ``sentence_ranges = (starts, ends)`` restricts
-    each sequence's membership to its tokens ``starts[j] .. ends[j] - 1`` (0-based; the critical
-    tokens of a pair).
+    is read) and ``node_token``. ``member_sentence`` / ``member_node`` list which scored node
+    belongs to which of ``sentences`` (local index; default: every sequence in these rows).
+    ``sentence_ranges = (starts, ends)`` restricts each sequence's membership to its tokens
+    ``starts[j] .. ends[j] - 1`` (0-based; e.g. the tokens after a pair's common prefix). Only nodes
+    with a member are scored. With ``sentence_weights`` (``[len(sentences)]``), nodes carry
+    ``node_weight`` = the summed weight of their members, and nodes whose weights cancel are not
+    scored either (e.g. the shared beginning of a good and a bad sentence weighted +1 and -1; their
+    memberships are dropped with them).
     """
     rows = [int(r) for r in rows]
     row_local = {r: k for k, r in enumerate(rows)}
@@ -467,17 +462,22 @@ def collate_prefix_tree(tree: dict, rows: Sequence[int], prefix_id: int, pad_id:
         token_index = np.arange(len(member_sentence)) - first[member_sentence]
         inside = (token_index >= starts[member_sentence]) & (token_index < ends[member_sentence])
         member_sentence, member_node = member_sentence[inside], member_node[inside]
-    batch = {
-        "input_ids": input_ids, "position_ids": position_ids, "tree_mask": mask,
-        "node_row": node_row, "node_parent": node_parent, "node_token": node_token,
-        "member_sentence": member_sentence, "member_node": member_node,
-    }
+    # only nodes some member scores (with weights: whose summed weight is not 0) reach the LM head
     if sentence_weights is not None:
         w = np.asarray(sentence_weights, dtype=np.float64)
         node_weight = np.bincount(member_node, weights=w[member_sentence], minlength=len(node_row))
         keep = node_weight != 0
-        for key in ("node_row", "node_parent", "node_token"):
-            batch[key] = batch[key][keep]
+    else:
+        keep = np.zeros(len(node_row), dtype=bool)
+        keep[member_node] = True
+    kept_member = keep[member_node]
+    batch = {
+        "input_ids": input_ids, "position_ids": position_ids, "tree_mask": mask,
+        "node_row": node_row[keep], "node_parent": node_parent[keep], "node_token": node_token[keep],
+        "member_sentence": member_sentence[kept_member],
+        "member_node": (np.cumsum(keep) - 1)[member_node[kept_member]],
+    }
+    if sentence_weights is not None:
         batch["node_weight"] = node_weight[keep]
     out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
     return {k: v.to(device) for k, v in out.items()} if device is not None else out
