@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 REPO = Path(__file__).resolve().parent
 
 
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print("run_all: interrupted; finished notebooks are kept, rerun the same command to resume",
               file=sys.stderr, flush=True)
         return 130
-    elapsed = pipeline.format_duration(time.monotonic() - start)
+    elapsed = tqdm.format_interval(time.monotonic() - start)
     log(f"run_all: {_count(len(summary.executed), 'unit')} executed, {len(summary.skipped)} complete before, "
         f"{len(summary.failures)} failed, {elapsed}" + (f"; report: {summary.report}" if summary.report else ""))
     if summary.failures:

@@ -19,9 +19,10 @@ def suite_or_shaped_model(spec: str):
         return load_model(spec, device="cpu"), f"{spec} (trained)"
     except ModelNotAvailableError:
         pass
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+    from transformers import GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
-    from taskspace_utils.pretrain import default_config
+    from taskspace_utils.suite import default_config
+    from taskspace_utils.suite.training import model_config
 
     size = spec.split("@")[0]
     shape = default_config(size)
@@ -32,10 +33,5 @@ def suite_or_shaped_model(spec: str):
     else:
         from conftest import build_tiny_tokenizer
         tok = build_tiny_tokenizer(vocab_size=shape.vocab_size)
-    config = GPTNeoXConfig(
-        vocab_size=shape.vocab_size, hidden_size=shape.hidden_size, num_hidden_layers=shape.num_hidden_layers,
-        num_attention_heads=shape.num_attention_heads, intermediate_size=4 * shape.hidden_size,
-        max_position_embeddings=512, hidden_dropout=0.0, attention_dropout=0.0, use_parallel_residual=True,
-        tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     torch.manual_seed(0)
-    return (GPTNeoXForCausalLM(config).eval(), tok), f"random GPT-NeoX of {size}'s shape ({spec} not built)"
+    return (GPTNeoXForCausalLM(model_config(shape, tok)).eval(), tok), f"random GPT-NeoX of {size}'s shape ({spec} not built)"

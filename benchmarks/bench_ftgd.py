@@ -96,7 +96,7 @@ def sweep_configs():
 
 
 def bench_sweep(args):
-    from taskspace_utils.corpus import read_corpus, split_sentences
+    from taskspace_utils.suite.corpus import read_corpus, split_sentences
     from taskspace_utils.data import load_blimp, split_pairs
     from taskspace_utils.ftgd import FTGDDivergedError, evaluate_control, evaluate_model
     from taskspace_utils.gradients import task_differential

@@ -63,6 +63,7 @@ import pandas as pd
 import torch
 
 from taskspace_utils import gradients as G
+from taskspace_utils.gradients import differentials
 from taskspace_utils.data import load_blimp, split_pairs
 from taskspace_utils.models import ModelNotAvailableError, count_parameters, load_model
 from taskspace_utils.scoring import encode_batch, token_logprob_sums
@@ -131,12 +132,12 @@ def bench_task_mean(models: dict, pairs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for size, (model, tok) in models.items():
         t_batched, batched = timed(lambda: G.task_differential(model, tok, pairs), repeat=2)
-        tree = G.supports_prefix_tree
-        G.supports_prefix_tree = lambda m: False  # the same batched pass with padded rows
+        tree = differentials.supports_prefix_tree  # where task_differential looks it up
+        differentials.supports_prefix_tree = lambda m: False  # the same batched pass with padded rows
         try:
             t_padded, _ = timed(lambda: G.task_differential(model, tok, pairs), repeat=2)
         finally:
-            G.supports_prefix_tree = tree
+            differentials.supports_prefix_tree = tree
         t_loop, looped = timed(lambda: loop_mean(model, tok, pairs))
         rows.append(dict(model=size, params_M=count_parameters(model) / 1e6, batched_s=t_batched, loop_s=t_loop,
                          speedup=t_loop / t_batched, padded_s=t_padded, padded_speedup=t_loop / t_padded,

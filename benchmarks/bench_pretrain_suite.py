@@ -7,7 +7,7 @@ reference run on this corpus (2.9M GPT-NeoX, 2.9M tokens: 0.572) and the BLiMP p
 and LSTM (0.70); the script reports the ratio of each final model to them, and of the build time to
 the 25-minute budget.
 
-Steps: build the suite with ``pretrain.build_suite`` (sizes already built are skipped and their
+Steps: build the suite with ``suite.build_suite`` (sizes already built are skipped and their
 recorded wall time is reported), then score every checkpoint on ``--pairs`` pairs per task and the
 step-0 and final checkpoints on ``--pairs-final`` (1,000 = the full benchmark). Writes
 ``{out}/pretrain_suite.csv`` and ``{out}/pretrain_suite.md`` (the table for the report).
@@ -35,11 +35,11 @@ BUDGET_S = 25 * 60
 
 
 def main(argv=None) -> int:
-    from taskspace_utils import data, models, pretrain
+    from taskspace_utils import data, models, suite
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite-dir", default=None, help="default: models.suite_root()")
-    parser.add_argument("--sizes", nargs="+", default=list(pretrain.SUITE_SIZES))
+    parser.add_argument("--sizes", nargs="+", default=list(suite.SUITE_SIZES))
     parser.add_argument("--pairs", type=int, default=100, help="pairs per task for every checkpoint")
     parser.add_argument("--pairs-final", type=int, default=1000, help="pairs per task for step 0 and the final step")
     parser.add_argument("--threads", type=int, default=2)
@@ -50,21 +50,21 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    built_before = {s for s in args.sizes if pretrain.is_built(s, suite_dir)}
+    built_before = {s for s in args.sizes if suite.is_built(s, suite_dir)}
     t0 = time.perf_counter()
-    records = pretrain.build_suite(args.sizes, suite_dir=suite_dir, num_threads=args.threads)
+    records = suite.build_suite(args.sizes, suite_dir=suite_dir, num_threads=args.threads)
     build_wall = time.perf_counter() - t0
     recorded = sum(records[s]["wall_time_s"] for s in args.sizes)
     print(f"build: {build_wall:.0f} s wall in this run ({sorted(built_before) or 'nothing'} already built); "
           f"training wall time recorded in suite.json: {recorded:.0f} s = {recorded / BUDGET_S:.2f} x the 25-min budget")
 
-    table = pretrain.checkpoint_table(args.sizes, suite_dir)
+    table = suite.checkpoint_table(args.sizes, suite_dir)
     blimp = data.load_blimp()
     few = blimp.groupby("task").head(args.pairs)
     full = blimp.groupby("task").head(args.pairs_final)
-    scored = pretrain.evaluate_checkpoints(table, few)
+    scored = suite.evaluate_checkpoints(table, few)
     ends = table.groupby("size")["step"].transform(lambda s: (s == s.min()) | (s == s.max()))
-    full_scores = pretrain.evaluate_checkpoints(table[ends], full)
+    full_scores = suite.evaluate_checkpoints(table[ends], full)
     scored["blimp_mean_full"] = full_scores["blimp_mean"].reindex(scored.index)
     scored = scored.drop(columns=["path"])
     scored.to_csv(out / "pretrain_suite.csv", index=False)

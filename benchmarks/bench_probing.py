@@ -127,7 +127,7 @@ def forward_flops(s: dict, tokens: int, head_positions: int, attn_sq: int) -> fl
 def tuning_counts(tokenizer, train, config) -> dict:
     """Expected tokens / head positions / attention pairs of one FTGD run (``steps`` batches of
     ``batch_size`` pairs drawn from ``train``) and of one task differential over ``train``."""
-    from taskspace_utils.data import common_prefix_len as _common_prefix_len
+    from taskspace_utils.encoding import common_prefix_len as _common_prefix_len
     from taskspace_utils.scoring import tokenize_sentences
 
     g = tokenize_sentences(tokenizer, list(train["good"]))

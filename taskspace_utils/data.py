@@ -25,28 +25,36 @@ Public functions
 - :func:`load_blimp` — the 67 bundled BLiMP paradigms (67,000 pairs).
 - :func:`load_pairs` — user minimal-pair sets from CSV / JSONL files or a folder of them.
 - :func:`validate_pairs` — the checks both loaders apply (strict: raise; lenient: drop and log).
-- :func:`split_pairs` — seeded per-task train/test split.
-- :func:`task_metadata` — one row per task: phenomenon, field, number of pairs.
-- :func:`token_alignment` — where the token sequences of good and bad differ, for one tokenizer.
-- :func:`save_task_data` — write a pairs frame (Parquet) with the config that produced it.
+- The data stage itself (seeded splits, task metadata, token alignment, the saved task data that
+  every later stage reads) is :mod:`taskspace_utils.task_data`; its names are importable from here.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
-from .results import atomic_write_json, atomic_write_parquet, to_jsonable
+from .encoding import common_prefix_len
+from .layout import task_file_stem
+from .task_data import (
+    SMOKE_TASKS,
+    DataConfig,
+    PairsError,
+    load_task_data,
+    save_task_data,
+    split_pairs,
+    stage_pairs,
+    task_metadata,
+    token_alignment,
+)
 
 __all__ = [
     "BLIMP_DIR",
@@ -54,6 +62,7 @@ __all__ = [
     "DataConfig",
     "load_blimp",
     "load_pairs",
+    "load_source",
     "validate_pairs",
     "split_pairs",
     "task_metadata",
@@ -61,6 +70,8 @@ __all__ = [
     "common_prefix_len",
     "save_task_data",
     "load_task_data",
+    "stage_pairs",
+    "SMOKE_TASKS",
 ]
 
 log = logging.getLogger(__name__)
@@ -78,31 +89,6 @@ _BLIMP_RENAME = {
 }
 _FIELD_SPELLINGS = {"syntax/semantics": "syntax_semantics", "syntax-semantics": "syntax_semantics"}
 FRAME_COLUMNS = ["task", "phenomenon", "field", "pair_id", "good", "bad", "identical", *BLIMP_FLAGS, "source", "line"]
-
-
-class PairsError(ValueError):
-    """A minimal-pair file or frame is malformed; the message names the file and line."""
-
-
-@dataclass
-class DataConfig:
-    """Settings of the data-building stage (notebook ``01_build_data``).
-
-    Attributes:
-        source: ``"blimp"`` for the bundled BLiMP, or a path to a user CSV/JSONL file or folder.
-        tasks: restrict to these task names (``None``: all tasks).
-        n_train: training pairs per task (drawn first from the seeded permutation).
-        n_test: test pairs per task (drawn next; disjoint from the training pairs).
-        seed: seed of the per-task permutation (same seed -> same split on any machine).
-        strict: raise on invalid pairs (``True``) or drop them with a logged count (``False``).
-    """
-
-    source: str = "blimp"
-    tasks: list[str] | None = None
-    n_train: int = 100
-    n_test: int = 100
-    seed: int = 0
-    strict: bool = True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,13 +227,22 @@ def _as_bool(value):
 # validation
 
 
+def _safe_task_name(task: str) -> bool:
+    try:
+        task_file_stem(task)
+    except ValueError:
+        return False
+    return True
+
+
 def validate_pairs(frame: pd.DataFrame, strict: bool = True, allow_identical: bool = False) -> pd.DataFrame:
     """Check a pairs frame; raise (``strict``) or drop offending pairs with a logged count.
 
     Checks, each reported with the file and line of up to five offending rows:
 
     * empty or missing ``good`` / ``bad`` sentence (whitespace-only counts as empty);
-    * empty or missing ``task`` name;
+    * empty or missing ``task`` name, or one that is no safe file name
+      (:func:`taskspace_utils.layout.task_file_stem`: stages name files after tasks);
     * ``good == bad`` (unless ``allow_identical``: then kept, flagged in ``identical``);
     * a ``pair_id`` used twice within one task.
 
@@ -259,6 +254,8 @@ def validate_pairs(frame: pd.DataFrame, strict: bool = True, allow_identical: bo
     problems.append(("empty sentence", empty_sentence))
     empty_task = frame["task"].isna() | frame["task"].fillna("").str.strip().eq("")
     problems.append(("empty task name", empty_task))
+    problems.append(("task name that is not a safe file name (letters, digits, '_', '.', '-'; no '..')",
+                     ~empty_task & ~frame["task"].fillna("").astype(str).map(_safe_task_name)))
     if not allow_identical:
         problems.append(("identical good and bad sentence", frame["identical"] & ~empty_sentence))
     problems.append(("duplicate pair id within task", frame.duplicated(["task", "pair_id"], keep="first") & ~empty_task))
@@ -332,113 +329,17 @@ def load_blimp(directory: str | os.PathLike | None = None, tasks: Iterable[str] 
 # splits, metadata, alignment
 
 
-def _task_seed(seed: int, task: str) -> int:
-    """A per-task seed that does not depend on Python's salted ``hash``: sha256(seed, task)."""
-    digest = hashlib.sha256(f"{int(seed)}:{task}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "little")
-
-
-def split_pairs(pairs: pd.DataFrame, n_train: int, n_test: int, seed: int = 0) -> pd.DataFrame:
-    """Seeded per-task train/test split; returns the selected pairs with a ``split`` column.
-
-    For each task, the pairs are ordered by ``pair_id`` and permuted with numpy's PCG64 generator
-    seeded by ``sha256(f"{seed}:{task}")`` (platform independent); the first ``n_train`` go to
-    ``"train"``, the next ``n_test`` to ``"test"``, the rest are left out. A task with fewer than
-    ``n_train + n_test`` pairs raises a ``ValueError`` naming it. Rows come out ordered by task,
-    split (train first) and permutation order.
-    """
-    if n_train < 0 or n_test < 0:
-        raise ValueError(f"n_train and n_test must be >= 0, got {n_train}, {n_test}")
-    parts = []
-    for task, group in pairs.groupby("task", sort=True):
-        if len(group) < n_train + n_test:
-            raise ValueError(f"task {task!r} has {len(group)} pairs, fewer than n_train + n_test = {n_train + n_test}")
-        group = group.sort_values("pair_id", kind="stable")
-        order = np.random.Generator(np.random.PCG64(_task_seed(seed, str(task)))).permutation(len(group))
-        chosen = group.iloc[order[: n_train + n_test]].copy()
-        chosen["split"] = ["train"] * n_train + ["test"] * n_test
-        parts.append(chosen)
-    if not parts:
-        raise ValueError("no pairs to split")
-    return pd.concat(parts, ignore_index=True)
-
-
-def task_metadata(pairs: pd.DataFrame) -> pd.DataFrame:
-    """One row per task (index ``task``, sorted by field, phenomenon, task): ``phenomenon``,
-    ``field`` and ``n_pairs``. A task whose pairs disagree on phenomenon or field raises."""
-    grouped = pairs.groupby("task", sort=True)
-    n_values = grouped[["phenomenon", "field"]].nunique(dropna=False)
-    inconsistent = n_values[(n_values > 1).any(axis=1)]
-    if len(inconsistent):
-        raise PairsError(f"tasks with more than one phenomenon/field: {list(inconsistent.index)}")
-    meta = grouped[["phenomenon", "field"]].first()
-    meta["n_pairs"] = grouped.size()
-    meta = meta.reset_index().sort_values(["field", "phenomenon", "task"]).set_index("task")
-    return meta
-
-
-def common_prefix_len(a, b) -> int:
-    """Length of the longest common prefix of two token-id sequences."""
-    n = min(len(a), len(b))
-    p = 0
-    while p < n and a[p] == b[p]:
-        p += 1
-    return p
-
-
-def token_alignment(pairs: pd.DataFrame, tokenizer) -> pd.DataFrame:
-    """Where the token sequences of ``good`` and ``bad`` differ, under ``tokenizer``.
-
-    Sentences are tokenised as in :mod:`taskspace_utils.scoring` (as given, no special tokens, no
-    added space; the BOS prefix is not counted). For token sequences ``g`` and ``b``:
-
-    * ``prefix_len`` — length of the longest common prefix;
-    * ``suffix_len`` — length of the longest common suffix of the remainders (so prefix and
-      suffix never overlap);
-    * ``n_good_tokens``, ``n_bad_tokens``;
-    * ``good_diff``, ``bad_diff`` — number of tokens in the differing middle of each;
-    * ``single_substitution`` — both middles are exactly one token (one aligned token swapped);
-    * ``same_length`` — ``len(g) == len(b)``.
-
-    The "critical tokens" of a sentence are those from ``prefix_len`` on (everything after the
-    shared prefix). Returns a frame aligned with ``pairs`` (same index).
-    """
-    good_ids = tokenizer(list(pairs["good"].astype(str)), add_special_tokens=False)["input_ids"]
-    bad_ids = tokenizer(list(pairs["bad"].astype(str)), add_special_tokens=False)["input_ids"]
-    rows = []
-    for g, b in zip(good_ids, bad_ids):
-        n = min(len(g), len(b))
-        p = common_prefix_len(g, b)
-        s = 0
-        while s < n - p and g[-1 - s] == b[-1 - s]:
-            s += 1
-        gd, bd = len(g) - p - s, len(b) - p - s
-        rows.append((p, s, len(g), len(b), gd, bd, gd == 1 and bd == 1, len(g) == len(b)))
-    cols = ["prefix_len", "suffix_len", "n_good_tokens", "n_bad_tokens", "good_diff", "bad_diff",
-            "single_substitution", "same_length"]
-    return pd.DataFrame(rows, columns=cols, index=pairs.index)
-
-
-# ---------------------------------------------------------------------------------------------
-# saving
-
-
-def save_task_data(pairs: pd.DataFrame, folder: str | os.PathLike, config: DataConfig | dict) -> Path:
-    """Write ``pairs`` to ``folder/pairs.parquet`` and its config to ``folder/pairs_config.json``.
-
-    Both files are written atomically; the config JSON also records the number of pairs and tasks
-    so that a later stage can check it is reading what it expects.
-    """
-    folder = Path(folder)
-    path = atomic_write_parquet(folder / "pairs.parquet", pairs, index=False)
-    record = {"config": to_jsonable(config), "n_pairs": int(len(pairs)), "n_tasks": int(pairs["task"].nunique())}
-    atomic_write_json(folder / "pairs_config.json", record)
-    return path
-
-
-def load_task_data(folder: str | os.PathLike) -> pd.DataFrame:
-    """Read a pairs frame written by :func:`save_task_data`."""
-    path = Path(folder) / "pairs.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no task data here (run notebooks/01_build_data.ipynb first)")
-    return pd.read_parquet(path)
+def load_source(source: str | os.PathLike = "blimp", tasks: Iterable[str] | None = None) -> pd.DataFrame:
+    """The pairs of a data source: ``"blimp"`` (:func:`load_blimp`) or a path to a user's CSV/JSONL
+    file or folder (:func:`load_pairs`), restricted to ``tasks`` when given (unknown task names
+    raise a ``KeyError`` naming them and the source)."""
+    if str(source) == "blimp":
+        return load_blimp(tasks=tasks)
+    pairs = load_pairs(source)
+    if tasks is not None:
+        tasks = list(tasks)
+        missing = sorted(set(tasks) - set(pairs["task"]))
+        if missing:
+            raise KeyError(f"task(s) {missing} are not in {source}")
+        pairs = pairs[pairs["task"].isin(tasks)]
+    return pairs

@@ -7,7 +7,7 @@ tokenizer)`` in eval mode:
 ``"path/to/folder"``                     a ``save_pretrained`` folder (model + tokenizer)
 ``"EleutherAI/pythia-160m@step3000"``    a hub name, optionally ``@revision`` (branch, tag,
                                          commit); from the local HF cache when offline
-``"tiny-m"``, ``"tiny-m@step500"``       the kit's offline suite (see :mod:`.pretrain`): the
+``"tiny-m"``, ``"tiny-m@step500"``       the kit's offline suite (see :mod:`.suite`): the
                                          final checkpoint, or the one at a given step
 =======================================  ==================================================
 
@@ -25,6 +25,7 @@ Public functions
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -46,6 +47,9 @@ __all__ = [
     "resolve_dtype",
     "count_parameters",
     "describe_model",
+    "eval_mode",
+    "step0_spec",
+    "context_length",
 ]
 
 #: Names of the offline suite: ``tiny-s``, ``tiny-m``, ``tiny-l`` (and any ``tiny-*`` size a user
@@ -111,7 +115,7 @@ def list_suite(suite_dir: str | os.PathLike | None = None) -> dict[str, dict]:
 def _build_hint(size: str) -> str:
     return (
         f"build it with `python run_all.py` (builds the whole suite when missing) or "
-        f"`python -m taskspace_utils.pretrain --size {size}`; set TASKSPACE_SUITE_DIR to use a suite "
+        f"`python -m taskspace_utils.suite --size {size}`; set TASKSPACE_SUITE_DIR to use a suite "
         "built elsewhere"
     )
 
@@ -274,3 +278,32 @@ def describe_model(spec: str | os.PathLike, model=None) -> dict:
             p.numel() for p in model.parameters() if id(p) in embeddings
         )
     return info
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """``model.eval()`` inside the block, the model's previous train/eval mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def step0_spec(spec: str | os.PathLike) -> str | None:
+    """The untrained initialisation of a model spec: ``name@step0`` for a suite or hub name (its
+    step-0 checkpoint or revision), ``None`` for a local folder (it has no such revision)."""
+    return None if Path(str(spec)).is_dir() else f"{str(spec).split('@')[0]}@step0"
+
+
+def context_length(model) -> int | None:
+    """The longest input (positions) ``model`` accepts: its config's ``max_position_embeddings``
+    (GPT-NeoX, Llama, ...), ``n_positions`` (GPT-2) or ``max_sequence_length``; ``None`` when the
+    config names none (e.g. rotary models that extrapolate)."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

@@ -16,8 +16,9 @@ Contents
 - :func:`plot_transfer_bars`: what a tuned task (or phenomenon) transfers to, or receives from.
 - :func:`plot_alignment`: correlations with hypotheses (CIs, significance) across models/spaces.
 - :func:`plot_tradeoff`: generic labelled scatter (e.g. FTGD target gain vs. perplexity damage).
-- :func:`plot_trend`: a statistic against model size or training step, one line per group, with
-  confidence bands (notebook 05).
+- :func:`plot_prediction`: predicted vs. measured entries of a space (first-order prediction).
+- The comparison's figures (trends over size and training step) are in
+  :mod:`taskspace_utils.comparison.figures`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from matplotlib.patches import Patch
 from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
-from taskspace_utils.spaces import check_space, embed_mds, task_distances
+from taskspace_utils.spaces import check_space, embed_mds, relation_labels, task_distances
 
 __all__ = [
     "PHENOMENA",
@@ -49,7 +50,7 @@ __all__ = [
     "plot_transfer_bars",
     "plot_alignment",
     "plot_tradeoff",
-    "plot_trend",
+    "plot_prediction",
 ]
 
 # BLiMP's 13 phenomena ("linguistics_term") and 4 fields, in the order colours are assigned.
@@ -263,12 +264,8 @@ def transfer_profile(space: pd.DataFrame, key: str, metadata: pd.DataFrame, dire
         if not members:
             raise ValueError(f"{key!r} is neither a task of the space nor a phenomenon of its tasks")
     values = matrix.loc[members].mean(axis=0)
-    phens, fields = set(meta.loc[members, "phenomenon"]), set(meta.loc[members, "field"])
-    relation = np.where(
-        values.index.isin(members), "self",
-        np.where(meta["phenomenon"].isin(phens), "same phenomenon",
-                 np.where(meta["field"].isin(fields), "same field", "other")),
-    )  # fmt: skip
+    # the members share one phenomenon (a task, or the paradigms of one phenomenon)
+    relation = np.where(values.index.isin(members), "self", relation_labels(members[0], np.asarray(values.index), meta))
     frame = pd.DataFrame({"task": values.index, "value": values.to_numpy(), "relation": relation})
     frame["order"] = frame["relation"].map({r: i for i, r in enumerate(RELATION_COLOURS)})
     return frame.sort_values(["order", "value"], ascending=[True, False]).drop(columns="order").reset_index(drop=True)
@@ -369,43 +366,17 @@ def plot_tradeoff(
     return fig
 
 
-def plot_trend(
-    frame: pd.DataFrame,
-    x: str,
-    y: str,
-    hue: str | None = None,
-    ci: tuple[str, str] = ("ci_low", "ci_high"),
-    logx: bool = False,
-    symlogx: bool = False,
-    reference: float | None = None,
-    title: str | None = None,
-    ax: plt.Axes | None = None,
-) -> Figure:
-    """A statistic against model size or training step: one line per ``hue`` group (points sorted
-    by ``x``), a shaded band between the ``ci`` columns when present, an optional horizontal
-    ``reference`` line (e.g. chance or zero). ``logx`` for parameter counts; ``symlogx`` for steps
-    (Pythia-style log-spaced checkpoints that include step 0)."""
-    for column in [x, y] + ([hue] if hue else []):
-        if column not in frame.columns:
-            raise ValueError(f"frame: no column {column!r}; has {list(frame.columns)}")
-    fig, ax = _new_axes(ax, (6, 4))
-    groups = list(dict.fromkeys(frame[hue])) if hue else [None]
-    colours = sns.color_palette("colorblind", len(groups))
-    for colour, group in zip(colours, groups):
-        part = (frame if group is None else frame[frame[hue] == group]).sort_values(x)
-        ax.plot(part[x], part[y], marker="o", color=colour, label=None if group is None else str(group))
-        if all(c in part.columns for c in ci) and part[list(ci)].notna().any().any():
-            ax.fill_between(part[x], part[ci[0]], part[ci[1]], color=colour, alpha=0.2, linewidth=0)
-    if reference is not None:
-        ax.axhline(reference, color="#888888", linestyle="--", linewidth=0.8)
-    if logx:
-        ax.set_xscale("log")
-    elif symlogx:
-        ax.set_xscale("symlog", linthresh=1)
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    if hue:
-        ax.legend(title=hue, fontsize=8)
-    if title:
-        ax.set_title(title)
+def plot_prediction(predicted: pd.DataFrame, measured: pd.DataFrame, ax: plt.Axes | None = None,
+                    title: str = "first-order prediction (red: self-transfer)") -> Figure:
+    """Every entry of ``measured`` (y) against the same entry of ``predicted`` (x), e.g. the
+    first-order prediction ``<D_u, delta_t>`` vs. the measured margin transfer; diagonal entries
+    (self-transfer) in red, the identity line for reference."""
+    from taskspace_utils.spaces import space_entries
+
+    entries = space_entries({"predicted": predicted, "measured": measured}, include_diagonal=True)
+    fig, ax = _new_axes(ax, (5, 4.5))
+    ax.scatter(entries.predicted, entries.measured, s=8, c=np.where(entries.tuned == entries.evaluated, "C3", "C0"))
+    ax.axline((0, 0), slope=1, color="k", linewidth=0.6)
+    ax.set(xlabel=r"predicted $\langle D_u, \Delta\theta_t\rangle$ (nats)", ylabel="measured margin transfer (nats)",
+           title=title)
     return fig

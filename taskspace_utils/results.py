@@ -27,7 +27,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "ConfigMismatchError",
@@ -41,6 +44,7 @@ __all__ = [
     "to_jsonable",
     "config_hash",
     "ensure_run_config",
+    "files_table",
 ]
 
 
@@ -71,6 +75,13 @@ def config_hash(config: Any, length: int = 12) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
@@ -85,6 +96,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates the file with mode 600; give it the mode any file the user writes gets
+        # (0666 less the umask), so that others on a shared file system can read the results
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -167,3 +181,13 @@ def ensure_run_config(folder: str | os.PathLike, config: Any, name: str = "confi
     else:
         atomic_write_json(path, wanted)
     return path
+
+
+def files_table(folder: str | os.PathLike, pattern: str = "*") -> pd.DataFrame:
+    """Every file under ``folder`` matching ``pattern`` (recursively), relative path and bytes,
+    sorted: what a stage saved."""
+    import pandas as pd  # local: the batch runner imports this module and stays light
+
+    folder = Path(folder)
+    rows = [(str(p.relative_to(folder)), p.stat().st_size) for p in sorted(folder.rglob(pattern)) if p.is_file()]
+    return pd.DataFrame(rows, columns=["file", "bytes"])

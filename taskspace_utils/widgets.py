@@ -31,7 +31,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from taskspace_utils.plotting import RELATION_COLOURS, order_tasks, plot_transfer_bars
-from taskspace_utils.spaces import SpaceComparison, compare_spaces, space_entries
+from taskspace_utils.spaces import SpaceComparison, compare_spaces, relation_labels, space_entries, varies_off_diagonal
 
 __all__ = ["TransferExplorer", "AgreementExplorer", "transfer_explorer", "agreement_explorer"]
 
@@ -48,13 +48,6 @@ def _show(output: widgets.Output, fig: Figure) -> None:
             "metadata": {},
         },
     )
-
-
-def _varies_off_diagonal(matrix: pd.DataFrame) -> bool:
-    """False for e.g. the paradigm hypothesis (identity): nothing to correlate off the diagonal."""
-    values = matrix.to_numpy(dtype=float)
-    off = values[~np.eye(len(values), dtype=bool)]
-    return bool(np.nanmax(off) > np.nanmin(off)) if off.size else False
 
 
 class TransferExplorer(widgets.VBox):
@@ -119,7 +112,7 @@ class AgreementExplorer(widgets.VBox):
         self.metadata, self.controls = metadata, dict(controls or {})
         self.method, self.n_permutations, self.seed = method, n_permutations, seed
         names = list(self.matrices)
-        varying = [n for n in names[1:] if _varies_off_diagonal(self.matrices[n])]
+        varying = [n for n in names[1:] if varies_off_diagonal(self.matrices[n])]
         second = next((n for n in varying if n.startswith("hypothesis: ")), varying[0] if varying else names[1])
         self.a = widgets.Dropdown(options=names, value=names[0], description="A")
         self.b = widgets.Dropdown(options=names, value=second, description="B")
@@ -153,11 +146,7 @@ class AgreementExplorer(widgets.VBox):
             f"({r.n_permutations} label permutations, alternative: {r.alternative}); "
             f"{r.n_tasks} tasks, {r.n_entries} entries"
         )
-        meta = self.metadata
-        tuned, evaluated = entries["tuned"], entries["evaluated"]
-        same_p = meta.loc[tuned, "phenomenon"].to_numpy() == meta.loc[evaluated, "phenomenon"].to_numpy()
-        same_f = meta.loc[tuned, "field"].to_numpy() == meta.loc[evaluated, "field"].to_numpy()
-        entries["relation"] = np.where(same_p, "same phenomenon", np.where(same_f, "same field", "other"))
+        entries["relation"] = relation_labels(entries["tuned"].to_numpy(), entries["evaluated"].to_numpy(), self.metadata)
         fig, ax = plt.subplots(figsize=(6.5, 5))
         palette = {k: v for k, v in RELATION_COLOURS.items() if k != "self"}
         labels = {"A": self.a.value, "B": self.b.value}
@@ -170,7 +159,8 @@ class AgreementExplorer(widgets.VBox):
             sns.scatterplot(data=entries, x=x, y=y, hue="relation", palette=palette, ax=ax, s=12, alpha=0.6)
         ax.set_xlabel(labels[x])
         ax.set_ylabel(labels[y])
-        ax.set_title(f"{r.method} = {r.statistic:.3f} (p = {r.p_value:.3g})")
+        ax.set_title(f"{'partial ' if r.partial else ''}{r.method} = {r.statistic:.3f} (p = {r.p_value:.3g})"
+                     + (f"\ncontrol: {self.control.value}" if r.partial else ""))
         fig.tight_layout()
         self.figure = fig
         _show(self.output, fig)

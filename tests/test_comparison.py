@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from scipy import stats
 
 from taskspace_utils import comparison as cmp
+from taskspace_utils import gradients as G
 from taskspace_utils import spaces as sp
 from taskspace_utils.data import load_blimp, split_pairs, task_metadata
 
@@ -38,13 +39,14 @@ def run(tmp_path_factory):
         folder = root / f"{family}@step{step}"
         (folder / "data").mkdir(parents=True)
         pairs.to_parquet(folder / "data" / "pairs.parquet")
-        (folder / "model_info.json").write_text(json.dumps(
+        (folder / "data" / "model_info.json").write_text(json.dumps(
             {"spec": f"{family}@step{step}", "family": family, "step": step, "source": "suite", "n_parameters": n}))
         pd.DataFrame({"task": TASKS, "accuracy": np.linspace(0.5, 0.5 + step / 400, len(TASKS)), "ties": 0}).to_csv(
-            folder / "eval_blimp.csv", index=False)
+            folder / "data" / "eval_blimp.csv", index=False)
         strength = step / 50
-        _space(rng, meta, strength).to_csv(folder / "task_space_transfer.csv")
-        _space(rng, meta, strength).to_csv(folder / "task_space_transfer_margin.csv")
+        (folder / "probing").mkdir()
+        _space(rng, meta, strength).to_csv(folder / "probing" / "task_space_transfer.csv")
+        _space(rng, meta, strength).to_csv(folder / "probing" / "task_space_transfer_margin.csv")
         grad = folder / "gradients_sentence"  # notebook 02's results folder
         grad.mkdir()
         g = _space(rng, meta, strength)
@@ -55,10 +57,24 @@ def run(tmp_path_factory):
         pd.DataFrame(m, index=TASKS, columns=TASKS).to_csv(grad / "mask_overlap.csv")
         (grad / "differentials").mkdir()
         (grad / "config.json").write_text(json.dumps({"k": 0.25}))
+        per_module = {}
         for t in TASKS:
-            save_file({n: torch.randn(s, generator=torch.Generator().manual_seed(zlib.crc32(f"{t}{step}".encode())))
-                       for n, s in PARAMS.items()}, str(grad / "differentials" / f"{t}.safetensors"))
+            diff = {n: torch.randn(s, generator=torch.Generator().manual_seed(zlib.crc32(f"{t}{step}".encode())))
+                    for n, s in PARAMS.items()}
+            save_file(diff, str(grad / "differentials" / f"{t}.safetensors"))
+            # in the files' (sorted) name order, as the gradient stage reads them back: the tensors of a
+            # task share one random stream, so their values tie and the order breaks the ties
+            masks = G.subnetwork_masks({n: diff[n] for n in sorted(diff)}, 0.25)
+            for module, names in _modules().items():
+                per_module.setdefault(module, {})[t] = G.pack_masks(masks, names)
+        overlap = {m: G.packed_jaccard_space(p) for m, p in per_module.items()}
+        G.modules_to_long(overlap).to_parquet(grad / "mask_overlap_modules.parquet", index=False)
     return root, pairs, meta
+
+
+def _modules():
+    groups = G.module_groups(list(PARAMS))
+    return {m: [n for n in PARAMS if groups[n] == m] for m in dict.fromkeys(groups.values())}
 
 
 def test_discover_units(run):
@@ -76,7 +92,7 @@ def test_unit_alignment_matches_direct_spearman(run):
     config = cmp.ComparisonConfig(n_permutations=99, n_boot=0, lexical_controls=True)
     table = cmp.unit_alignment(root / "tiny-a@step100", config)
     raw = table[(table.space == "transfer") & (table.hypothesis == "phenomenon") & (table.controlled == "none")].iloc[0]
-    space = pd.read_csv(root / "tiny-a@step100" / "task_space_transfer.csv", index_col=0).loc[sorted(TASKS), sorted(TASKS)]
+    space = pd.read_csv(root / "tiny-a@step100" / "probing" / "task_space_transfer.csv", index_col=0).loc[sorted(TASKS), sorted(TASKS)]
     hyp = sp.hypothesis_space(meta.loc[sorted(TASKS)], "phenomenon")
     off = ~np.eye(len(TASKS), dtype=bool)
     want = stats.spearmanr(space.to_numpy()[off], hyp.to_numpy()[off]).statistic
@@ -127,7 +143,7 @@ def test_compare_units_writes_everything_and_findings(run, tmp_path):
     assert len(stab[(stab.family == "tiny-a") & (stab.space == "transfer")]) == 2
     lines = cmp.describe_findings(tables)
     assert any("step 0" in line for line in lines) and all(isinstance(x, str) for x in lines)
-    assert json.loads((tmp_path / "cmp" / "comparison_config.json").read_text())["config"]["n_permutations"] == 49
+    assert json.loads((tmp_path / "cmp" / "config.json").read_text())["config"]["n_permutations"] == 49
 
 
 def test_notebook_05_smoke(run, tmp_path):
@@ -147,11 +163,13 @@ def test_single_unit_with_three_tasks_degrades_gracefully(tmp_path):
     unit = tmp_path / "u"
     (unit / "data").mkdir(parents=True)
     pairs.to_parquet(unit / "data" / "pairs.parquet")
-    (unit / "model_info.json").write_text(json.dumps({"spec": "x", "family": "x", "step": 5, "n_parameters": 10}))
+    (unit / "data" / "model_info.json").write_text(json.dumps({"spec": "x", "family": "x", "step": 5, "n_parameters": 10}))
     rng = np.random.default_rng(0)
-    pd.DataFrame(rng.normal(size=(3, 3)), index=tasks, columns=tasks).to_csv(unit / "task_space_transfer.csv")
+    (unit / "probing").mkdir()
+    pd.DataFrame(rng.normal(size=(3, 3)), index=tasks, columns=tasks).to_csv(unit / "probing" / "task_space_transfer.csv")
     overlap = np.abs(rng.normal(size=(3, 3)))
-    pd.DataFrame(overlap + overlap.T, index=tasks, columns=tasks).to_csv(unit / "mask_overlap.csv")
+    (unit / "gradients_sentence").mkdir()
+    pd.DataFrame(overlap + overlap.T, index=tasks, columns=tasks).to_csv(unit / "gradients_sentence" / "mask_overlap.csv")
     with pytest.warns(UserWarning, match="subnetwork sharing of u: skipped"):
         tables = cmp.compare_units(tmp_path, config=cmp.ComparisonConfig(n_permutations=19, n_boot=10))
     assert tables["sharing"].empty and not tables["alignment"].empty

@@ -1,4 +1,4 @@
-"""Tests for taskspace_utils.data: BLiMP loading, user pair sets, validation, splits, alignment."""
+"""Tests for taskspace_utils.data: BLiMP loading, user pair sets, validation."""
 
 import gzip
 import json
@@ -7,10 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taskspace_utils.data import (
-    PairsError, load_blimp, load_pairs, split_pairs, task_metadata, token_alignment, save_task_data,
-    load_task_data, DataConfig,
-)
+from taskspace_utils.data import PairsError, load_blimp, load_pairs
 
 
 @pytest.fixture(scope="module")
@@ -118,61 +115,12 @@ def test_missing_file_and_bad_type(tmp_path):
         load_pairs(tmp_path / "a.txt")
 
 
-def test_split_is_seeded_disjoint_and_stable(blimp):
-    sub = blimp[blimp.task.isin(["wh_island", "passive_1", "npi_present_1"])]
-    a = split_pairs(sub, n_train=30, n_test=20, seed=3)
-    b = split_pairs(sub.sample(frac=1.0, random_state=1), n_train=30, n_test=20, seed=3)  # input order irrelevant
-    pd.testing.assert_frame_equal(a[["task", "pair_id", "split"]].reset_index(drop=True),
-                                  b[["task", "pair_id", "split"]].reset_index(drop=True))
-    c = split_pairs(sub, n_train=30, n_test=20, seed=4)
-    assert not a["pair_id"].equals(c["pair_id"])
-    for task, g in a.groupby("task"):
-        tr, te = set(g[g.split == "train"].pair_id), set(g[g.split == "test"].pair_id)
-        assert len(tr) == 30 and len(te) == 20 and not tr & te
-    # independent recomputation of the documented rule for one task
-    import hashlib
-    seed = int.from_bytes(hashlib.sha256(b"3:wh_island").digest()[:8], "little")
-    ids = np.sort(sub[sub.task == "wh_island"].pair_id.to_numpy())
-    perm = np.random.Generator(np.random.PCG64(seed)).permutation(len(ids))
-    assert list(a[(a.task == "wh_island") & (a.split == "train")].pair_id) == list(ids[perm[:30]])
-    with pytest.raises(ValueError, match="npi_present_1.*fewer than"):
-        split_pairs(sub, 900, 200, 0)
-
-
-def test_task_metadata(blimp):
-    meta = task_metadata(blimp)
-    assert meta.shape[0] == 67 and (meta.n_pairs == 1000).all()
-    assert meta.loc["wh_island", "phenomenon"] == "island_effects"
-    assert meta.loc["wh_island", "field"] == "syntax"
-
-
-def test_token_alignment_against_hand_cases(tiny_tokenizer):
-    pairs = pd.DataFrame({"good": ["The cat is here.", "The cats are here.", "Who left?"],
-                          "bad": ["The cat are here.", "The cats are here now.", "Who left?"]})
-    al = token_alignment(pairs, tiny_tokenizer)
-    for i, row in al.iterrows():
-        g = tiny_tokenizer(pairs.good[i], add_special_tokens=False)["input_ids"]
-        b = tiny_tokenizer(pairs.bad[i], add_special_tokens=False)["input_ids"]
-        assert row.n_good_tokens == len(g) and row.n_bad_tokens == len(b)
-        p = row.prefix_len
-        assert g[:p] == b[:p]
-        assert p == min(len(g), len(b)) or g[p] != b[p]
-        s = row.suffix_len
-        assert s == 0 or g[len(g) - s:] == b[len(b) - s:]
-        assert row.good_diff == len(g) - p - s and row.bad_diff == len(b) - p - s
-    assert al.loc[2, "good_diff"] == 0 and al.loc[2, "bad_diff"] == 0 and not al.loc[2, "single_substitution"]
-    # "is" vs "are": a single aligned substitution iff each is one token with this tokenizer
-    is_one = len(tiny_tokenizer(" is", add_special_tokens=False)["input_ids"]) == 1
-    are_one = len(tiny_tokenizer(" are", add_special_tokens=False)["input_ids"]) == 1
-    assert al.loc[0, "single_substitution"] == (is_one and are_one)
-    assert al.loc[1, "good_diff"] == 0 and al.loc[1, "bad_diff"] > 0  # pure insertion at the end
-
-
-def test_save_and_load_task_data(tmp_path, blimp):
-    sub = split_pairs(blimp[blimp.task == "wh_island"], 5, 5, 0)
-    save_task_data(sub, tmp_path, DataConfig(n_train=5, n_test=5))
-    back = load_task_data(tmp_path)
-    assert list(back.good) == list(sub.good) and list(back.split) == list(sub.split)
-    rec = json.loads((tmp_path / "pairs_config.json").read_text())
-    assert rec["config"]["n_train"] == 5 and rec["n_pairs"] == 10
-    assert not list(tmp_path.glob(".*tmp"))
+@pytest.mark.parametrize("task", ["../../x", ".hidden", "a/b", "with space", "a..b"])
+def test_unsafe_task_names_are_rejected_with_file_and_line(tmp_path, task):
+    p = tmp_path / "t.jsonl"
+    rows = [{"good": "The cat is here.", "bad": "The cat are here.", "task": "fine_task"},
+            {"good": "The dogs are here.", "bad": "The dogs is here.", "task": task}]
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(PairsError, match=r"not a safe file name.*t\.jsonl: line 2"):
+        load_pairs(p)
+    assert list(load_pairs(p, strict=False)["task"]) == ["fine_task"]

@@ -67,7 +67,7 @@ def test_suite_specs(tmp_path, monkeypatch, tiny_lm):
 
 def test_missing_suite_says_how_to_build(tmp_path, monkeypatch):
     monkeypatch.setenv("TASKSPACE_SUITE_DIR", str(tmp_path))
-    with pytest.raises(ModelNotAvailableError, match=r"not built.*run_all\.py.*taskspace_utils\.pretrain --size tiny-m"):
+    with pytest.raises(ModelNotAvailableError, match=r"not built.*run_all\.py.*taskspace_utils\.suite --size tiny-m"):
         load_model("tiny-m")
 
 

@@ -16,7 +16,7 @@ def test_build_data_notebook_smoke(tmp_path, tiny_model_dir):
     assert {"prefix_len", "single_substitution"} <= set(pairs.columns)
     config = json.loads((out / "data" / "config.json").read_text())
     assert config["n_train"] == 5 and config["seed"] == 0
-    acc = pd.read_csv(out / "eval_blimp.csv", index_col="task")
+    acc = pd.read_csv(out / "data" / "eval_blimp.csv", index_col="task")
     assert len(acc) == 3 and (acc.n_pairs == 20).all() and acc.accuracy.between(0, 1).all()
-    info = json.loads((out / "model_info.json").read_text())
+    info = json.loads((out / "data" / "model_info.json").read_text())
     assert info["source"] == "local" and info["n_parameters"] > info["n_non_embedding_parameters"] > 0

@@ -174,7 +174,7 @@ def test_plot_tradeoff_points_and_labels():
 
 
 def test_plot_trend_lines_and_bands():
-    from taskspace_utils.plotting import plot_trend
+    from taskspace_utils.comparison.figures import plot_trend
     frame = pd.DataFrame({"step": [0, 10, 100, 0, 10, 100], "rho": [0.1, 0.2, 0.3, 0.0, 0.1, 0.4],
                           "ci_low": [0.0, 0.1, 0.2, -0.1, 0.0, 0.3], "ci_high": [0.2, 0.3, 0.4, 0.1, 0.2, 0.5],
                           "model": ["a"] * 3 + ["b"] * 3})

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from taskspace_utils import prefix_tree
 from taskspace_utils.scoring import (
     build_prefix_tree_rows, collate_prefix_tree, sentence_logprobs, supports_prefix_tree, tokenize_sentences,
 )
@@ -110,7 +111,7 @@ def test_unsupported_model_is_refused_for_tree_and_falls_back_for_auto(tiny_lm64
     from taskspace_utils import scoring
 
     model, tok = tiny_lm64
-    monkeypatch.setattr(scoring, "_TREE_MODEL_TYPES", set())
+    monkeypatch.setattr(prefix_tree, "_TREE_MODEL_TYPES", set())
     assert not supports_prefix_tree(model)
     with pytest.raises(ValueError, match="packing='tree' is not supported.*gpt_neox"):
         sentence_logprobs(model, tok, SENTENCES, packing="tree")

@@ -1,7 +1,7 @@
 """End-to-end tests of run_all.py as a command: failure report and exit code, kill and resume,
 the Dask executor on a LocalCluster, and the `smoke` profile over the kit's real notebooks.
 
-All but the last use the synthetic notebooks of tests/test_pipeline.py (``--notebooks-dir`` and
+All but the last use the synthetic notebooks of tests/pipeline_workspace.py (``--notebooks-dir`` and
 ``--profiles-file`` point the runner at them).
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from test_pipeline import read_counter, write_profiles, write_synthetic_notebooks
+from pipeline_workspace import read_counter, write_profiles, write_synthetic_notebooks
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT_NOTEBOOKS = ("00_pretrain_suite", "01_build_data", "02_gradient_extraction", "03_ftgd",

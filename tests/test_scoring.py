@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from taskspace_utils import scoring
+from taskspace_utils import lm_head, scoring
 from taskspace_utils.scoring import (
     blimp_accuracy, encode_batch, score_pairs, sentence_logprobs, token_logprob_sums,
 )
@@ -48,7 +48,7 @@ def test_batch_size_and_padding_do_not_change_scores(tiny_lm64, batch_size):
 def test_fast_head_path_equals_full_logits(tiny_lm64, monkeypatch):
     model, tok = tiny_lm64
     fast = sentence_logprobs(model, tok, SENTENCES)
-    monkeypatch.setattr(scoring, "_HEAD_ON_HIDDEN", set())
+    monkeypatch.setattr(lm_head, "HEAD_ON_HIDDEN", set())
     full = sentence_logprobs(model, tok, SENTENCES)
     np.testing.assert_allclose(fast, full, rtol=0, atol=1e-10)
 
@@ -57,7 +57,7 @@ def test_fast_head_path_equals_full_logits(tiny_lm64, monkeypatch):
 def test_head_in_chunks_of_rows_equals_one_call(tiny_lm64, monkeypatch, packing):
     model, tok = tiny_lm64
     whole = sentence_logprobs(model, tok, SENTENCES, packing=packing)
-    monkeypatch.setattr(scoring, "_HEAD_CHUNK_ROWS", 3)
+    monkeypatch.setattr(lm_head, "_HEAD_CHUNK_ROWS", 3)
     np.testing.assert_allclose(sentence_logprobs(model, tok, SENTENCES, packing=packing), whole, rtol=0, atol=1e-12)
 
 
@@ -146,3 +146,29 @@ def test_tokenizer_padding_state_left_by_other_code_is_ignored(tiny_lm64):
         np.testing.assert_allclose(sentence_logprobs(model, tok, SENTENCES), clean, atol=0)
     finally:
         tok(["x"])  # leave the session tokenizer clean
+
+
+def test_sentences_longer_than_the_context_fail_before_scoring_naming_file_and_line(tmp_path, tiny_tokenizer):
+    """A GPT-2 with 16 positions: the long pair is named by file and line with the limit, and the
+    model is never run (before this check: IndexError from inside torch's embedding)."""
+    import json
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from taskspace_utils.data import load_pairs
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    calls = []
+    model.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
+    long = "the cat " * 20 + "sleeps ."
+    rows = [{"good": "the cat sleeps .", "bad": "the cat sleep .", "task": "t"},
+            {"good": long, "bad": long.replace("sleeps", "sleep"), "task": "t"}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    pairs = load_pairs(path)
+    with pytest.raises(ValueError, match=r"longer than the model's context of 16 positions.*pairs\.jsonl: line 2"):
+        score_pairs(model, tiny_tokenizer, pairs)
+    with pytest.raises(ValueError, match="context of 16 positions"):
+        sentence_logprobs(model, tiny_tokenizer, [long])
+    assert not calls
+    assert len(score_pairs(model, tiny_tokenizer, pairs.iloc[:1])) == 1 and calls

@@ -80,7 +80,10 @@ def test_agreement_explorer_numbers(spaces, meta):
     partial = sp.compare_spaces(trained, phen, controls=[field], n_permutations=99)
     assert explorer.result.partial and explorer.result.statistic == pytest.approx(partial.statistic)
     assert explorer.result.p_value == pytest.approx(partial.p_value)
+    title = explorer.figure.axes[0].get_title()
+    assert title.startswith("partial spearman") and "control: field" in title  # the plot says what it shows
     explorer.control.value = "(none)"
+    assert explorer.figure.axes[0].get_title().startswith("spearman")
     explorer.b.value = "space: init"  # two spaces: aligned on their 6 common tasks
     assert explorer.result.n_tasks == 6
     explorer.b.value = "hypothesis: paradigm"

@@ -1,0 +1,71 @@
+"""Comparing task spaces across model sizes and pre-training checkpoints (paper Section 6).
+
+A *run* folder holds one *unit* folder per model@revision (written by notebooks 01–04 through
+``run_all.py``; files named by :mod:`taskspace_utils.layout`): ``data/`` (``model_info.json``,
+``eval_blimp.csv``, ``pairs.parquet``), the gradient stage's ``gradients_<variant>/`` and the
+probe's ``probing/``. This package reads them all and answers the paper's three questions, always
+against the untrained initialisation (step 0) as baseline:
+
+1. **Generalisation to phenomena** — alignment of each space with the phenomenon and field
+   hypotheses, raw and controlling for lexical overlap (:func:`unit_alignment`), the
+   trained-minus-step-0 difference with a task-bootstrap CI (:func:`baseline_differences`), and the
+   generalisation index of the transfer space (:func:`generalisation_summary`).
+2. **Parameter sharing** — overlap (Jaccard) of the task subnetworks within vs. across phenomena,
+   for the whole model (:func:`parameter_sharing`) and per module (:func:`sharing_by_module`).
+3. **Stability** — agreement of each checkpoint's space with the next checkpoint's and with the
+   final one (:func:`stability`).
+
+Modules: :mod:`.units` (reading a run), :mod:`.alignment`, :mod:`.sharing`, :mod:`.stability`,
+:mod:`.findings` (all tables, and the findings in words).
+
+Public functions
+----------------
+- :class:`ComparisonConfig`; :func:`discover_units`, :func:`load_unit_spaces`.
+- :func:`unit_alignment`, :func:`baseline_differences`, :func:`generalisation_summary`,
+  :func:`parameter_sharing`, :func:`sharing_by_module`, :func:`stability`.
+- :func:`compare_units` — all of the above for a run, written atomically to
+  ``<run_dir>/comparison/*.csv`` beside its config; :func:`describe_findings` — plain sentences
+  stating what the numbers say.
+"""
+
+from __future__ import annotations
+
+from .alignment import (
+    baseline_difference,
+    baseline_differences,
+    describe_alignment,
+    generalisation_summary,
+    probe_alignment,
+    unit_alignment,
+)
+from .findings import compare_units, describe_findings
+from .sharing import parameter_sharing, sharing_by_module
+from .stability import stability
+from .units import (
+    SPACE_FILES,
+    ComparisonConfig,
+    discover_units,
+    gradient_dir,
+    load_unit_spaces,
+    unit_pairs,
+)
+
+__all__ = [
+    "ComparisonConfig",
+    "SPACE_FILES",
+    "discover_units",
+    "gradient_dir",
+    "load_unit_spaces",
+    "unit_pairs",
+    "unit_alignment",
+    "baseline_differences",
+    "generalisation_summary",
+    "probe_alignment",
+    "baseline_difference",
+    "describe_alignment",
+    "parameter_sharing",
+    "sharing_by_module",
+    "stability",
+    "compare_units",
+    "describe_findings",
+]

@@ -1,0 +1,247 @@
+"""The controls comparison: what tuning one task buys on it and costs elsewhere.
+
+Controls (:func:`compare_controls`; ``FTGDConfig.control``), on the same task, steps, learning
+rate, batch size and optimiser:
+
+- ``"ftgd"``        the objective on the subnetwork (top-k by ``|d_T|``);
+- ``"all_params"``  the objective on all parameters;
+- ``"random_mask"`` the objective on a random mask of the same size (same count per tensor when
+  ``per_module``);
+- ``"lm_good"``     plain language-model fine-tuning, maximising ``mean_i log p(g_i)`` over the
+  good sentences, all parameters.
+
+Each is reported by the gain in target-task test accuracy and mean margin, the mean change on all
+other tasks (tuned - base, test pairs), the change in validation perplexity on held-out corpus text
+(general language ability; ``ppl_change = ppl / ppl_base - 1``), and the number of parameters
+changed. Perplexity: ``exp(- sum_s log p(s) / sum_s n_tokens(s))`` in the BOS-prefix convention of
+:mod:`taskspace_utils.scoring`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..encoding import (
+    EncodedPairs,
+    encode,
+    pad_token_id,
+    prefix_token_id,
+    tokenize_sentences,
+)
+from ..layout import task_file_stem
+from ..models import eval_mode
+from ..padded import (
+    DEFAULT_BATCH_TOKENS,
+    batches_by_tokens,
+    collate_token_ids,
+    token_logprob_sums,
+)
+from ..results import atomic_write_csv, atomic_write_json, ensure_run_config, read_json
+from ..scoring import score_pairs
+from .config import CONTROLS, FTGDConfig
+from .delta import SparseDelta, applied
+from .tuning import tune_task
+
+__all__ = ["ROW_COLUMNS", "perplexity", "evaluate_model", "evaluate_control", "compare_controls"]
+
+#: Columns of a controls-table row (:func:`evaluate_control`), in order.
+ROW_COLUMNS = ("task", "control", "target_acc_base", "target_acc", "target_gain", "target_margin_base",
+               "target_margin", "margin_gain", "other_acc_change", "other_margin_change", "ppl_base", "ppl",
+               "ppl_change", "n_changed", "frac_changed", "final_loss", "seconds")
+
+
+def perplexity(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    max_tokens: int | None = None,
+    progress: bool | None = None,
+) -> float:
+    """Per-token perplexity of held-out ``texts`` under the kit's scoring convention.
+
+        ppl = exp( - sum_s log p(s) / sum_s n_tokens(s) )
+
+    with ``log p(s)`` the BOS-prefixed sum of token log-probabilities of :mod:`.scoring` (every
+    token of every text is predicted, the first one from BOS alone). Texts longer than
+    ``max_tokens`` (default: the model's ``max_position_embeddings - 1``) are cut to their first
+    ``max_tokens`` tokens; empty texts are skipped. Batches are filled up to ``batch_tokens``
+    padded tokens, longest texts first; run without gradient in eval mode.
+    """
+    limit = max_tokens or int(getattr(model.config, "max_position_embeddings", 2048)) - 1
+    ids = [x[:limit] for x in tokenize_sentences(tokenizer, [str(t) for t in texts]) if len(x)]
+    if not ids:
+        raise ValueError("perplexity: no non-empty texts")
+    prefix, pad = prefix_token_id(tokenizer), pad_token_id(tokenizer)
+    device = next(model.parameters()).device
+    batches = batches_by_tokens(np.array([len(x) for x in ids], dtype=np.int64), None, batch_tokens)
+    total_lp, total_tokens = 0.0, sum(len(x) for x in ids)
+    with eval_mode(model), torch.inference_mode():
+        show = len(batches) > 20 if progress is None else progress
+        for index in tqdm(batches, desc="perplexity", unit="batch", disable=not show, leave=False):
+            batch = collate_token_ids([ids[i] for i in index], prefix, pad, device)
+            total_lp += float(token_logprob_sums(model, batch).double().sum())
+    return math.exp(-total_lp / total_tokens)
+
+
+def evaluate_model(model, tokenizer, test_pairs: pd.DataFrame | EncodedPairs, val_text: Sequence[str] | None) -> dict:
+    """Scores of the model as it stands: per task ``accuracy`` and ``mean_margin`` on
+    ``test_pairs`` (frame with ``task``, ``good``, ``bad``, or its
+    :class:`~taskspace_utils.encoding.EncodedPairs`), and validation ``perplexity``.
+
+    Returns ``{"per_task": DataFrame[task -> accuracy, mean_margin], "perplexity": float or nan}``.
+    """
+    scored = score_pairs(model, tokenizer, encode(tokenizer, test_pairs))
+    per_task = scored.groupby("task", sort=True).agg(accuracy=("correct", "mean"), mean_margin=("margin", "mean"))
+    ppl = perplexity(model, tokenizer, val_text) if val_text is not None and len(val_text) else float("nan")
+    return {"per_task": per_task, "perplexity": ppl}
+
+
+def _split_frames(pairs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, test) pairs from a ``split_pairs`` frame (or its
+    :class:`~taskspace_utils.encoding.EncodedPairs`) or a ``{task: frame}`` dict of them."""
+    if isinstance(pairs, EncodedPairs):
+        pairs = pairs.pairs
+    elif isinstance(pairs, Mapping):
+        pairs = pd.concat([f.assign(task=t) if "task" not in f.columns else f for t, f in pairs.items()],
+                          ignore_index=True)
+    if "split" not in pairs.columns:
+        raise ValueError("pairs need a 'split' column (train/test), as made by taskspace_utils.data.split_pairs")
+    return pairs[pairs["split"] == "train"], pairs[pairs["split"] == "test"]
+
+
+def evaluate_control(
+    model,
+    tokenizer,
+    pairs_by_task,
+    task: str,
+    config: FTGDConfig,
+    val_text: Sequence[str] | None,
+    base: dict | None = None,
+    differential: Mapping[str, torch.Tensor] | None = None,
+) -> tuple[dict, SparseDelta]:
+    """Tune ``task`` with ``config`` (its ``control`` says which run) and measure the tuned model.
+
+    ``pairs_by_task``: a :func:`~taskspace_utils.data.split_pairs` frame (its ``EncodedPairs``, or
+    ``{task: frame}``)
+    holding the target task and the other tasks to watch; training uses the target's ``train``
+    rows, every measurement uses ``test`` rows. ``base``: :func:`evaluate_model` of the untuned
+    model on the same test rows and text (computed when ``None``).
+
+    Returns ``(row, delta)``; ``row`` has ``task``, ``control``, ``target_acc_base``,
+    ``target_acc``, ``target_gain`` (accuracy points, tuned - base), ``target_margin_base``,
+    ``target_margin``, ``margin_gain``, ``other_acc_change`` and ``other_margin_change`` (mean over
+    all other tasks of tuned - base), ``ppl_base``, ``ppl``, ``ppl_change`` (relative:
+    ``ppl / ppl_base - 1``), ``n_changed``, ``frac_changed``, ``final_loss`` and ``seconds``.
+    """
+    train, test = _split_frames(pairs_by_task)
+    target_train = train[train["task"] == task]
+    if target_train.empty or not (test["task"] == task).any():
+        raise KeyError(f"evaluate_control: task {task!r} has no train or no test pairs")
+    test = encode(tokenizer, test)  # once, for both evaluations
+    if base is None:
+        base = evaluate_model(model, tokenizer, test, val_text)
+    delta = tune_task(model, tokenizer, target_train, config, differential=differential, task=task)
+    with applied(model, delta):
+        tuned = evaluate_model(model, tokenizer, test, val_text)
+    before, after = base["per_task"], tuned["per_task"]
+    change = after - before.loc[after.index]
+    others = change.drop(index=task)
+    row = {
+        "task": task,
+        "control": config.control,
+        "target_acc_base": float(before.loc[task, "accuracy"]),
+        "target_acc": float(after.loc[task, "accuracy"]),
+        "target_gain": float(change.loc[task, "accuracy"]),
+        "target_margin_base": float(before.loc[task, "mean_margin"]),
+        "target_margin": float(after.loc[task, "mean_margin"]),
+        "margin_gain": float(change.loc[task, "mean_margin"]),
+        "other_acc_change": float(others["accuracy"].mean()) if len(others) else float("nan"),
+        "other_margin_change": float(others["mean_margin"].mean()) if len(others) else float("nan"),
+        "ppl_base": base["perplexity"],
+        "ppl": tuned["perplexity"],
+        "ppl_change": tuned["perplexity"] / base["perplexity"] - 1.0,
+        "n_changed": delta.meta["n_changed"],
+        "frac_changed": delta.meta["n_changed"] / delta.meta["n_params"],
+        "final_loss": delta.meta["losses"][-1],
+        "seconds": delta.meta["seconds"],
+    }
+    return row, delta
+
+
+def compare_controls(
+    model,
+    tokenizer,
+    pairs_by_task,
+    tasks: Sequence[str],
+    config: FTGDConfig = FTGDConfig(),
+    val_text: Sequence[str] | None = None,
+    controls: Sequence[str] = CONTROLS,
+    out_dir: str | os.PathLike | None = None,
+    save_deltas: bool = False,
+    run_info: Mapping | None = None,
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """The controls table: for every task in ``tasks`` and every control, :func:`evaluate_control`
+    with ``config.replace(control=...)`` (same steps, lr, batch size, optimiser, seed).
+
+    With ``out_dir``, the folder gets ``config.json`` (the config, tasks, controls; a different
+    config there raises :class:`~taskspace_utils.results.ConfigMismatchError`), one
+    ``rows/{task}__{control}.json`` per finished run (a rerun skips those: resumable), optionally
+    ``deltas/{task}__{control}.safetensors``, and ``controls.csv`` with the whole table.
+    ``run_info`` (e.g. ``{"model": "tiny-m"}``) is added to ``config.json``, so results of another
+    model are not mixed in.
+
+    Returns one row per (task, control), with the task's ``phenomenon``/``field`` when the pairs
+    carry them (columns of :func:`evaluate_control`).
+    """
+    unknown = [c for c in controls if c not in CONTROLS]
+    if unknown:
+        raise ValueError(f"compare_controls: unknown control(s) {unknown}; use {CONTROLS}")
+    train, test = _split_frames(pairs_by_task)
+    missing = [t for t in tasks if t not in set(train["task"])]
+    if missing:
+        raise KeyError(f"compare_controls: task(s) {missing} not in the pairs")
+    folder = Path(out_dir) if out_dir is not None else None
+    if folder is not None:
+        ensure_run_config(folder, {"ftgd": dataclasses.asdict(config), "tasks": list(tasks), "controls": list(controls),
+                                   "n_train": int((train["task"] == tasks[0]).sum()),
+                                   "n_test": int((test["task"] == tasks[0]).sum()),
+                                   "n_val_texts": 0 if val_text is None else len(val_text),
+                                   "watched_tasks": sorted(set(test["task"])), **dict(run_info or {})})
+    base = None
+    rows = []
+    runs = [(t, c) for t in tasks for c in controls]
+    show = len(runs) > 1 if progress is None else progress
+    for task, control in tqdm(runs, desc="controls", unit="run", disable=not show):
+        row_path = folder / "rows" / f"{task_file_stem(task)}__{control}.json" if folder is not None else None
+        if row_path is not None and row_path.exists():
+            rows.append(read_json(row_path))
+            continue
+        if base is None:
+            base = evaluate_model(model, tokenizer, test, val_text)
+        row, delta = evaluate_control(model, tokenizer, pd.concat([train, test]), task,
+                                      config.replace(control=control), val_text, base=base)
+        if row_path is not None:
+            atomic_write_json(row_path, row)
+            if save_deltas:
+                delta.save(folder / "deltas" / f"{task}__{control}.safetensors")
+        rows.append(row)
+    table = pd.DataFrame(rows)[list(ROW_COLUMNS)]  # (rows read back from JSON have sorted keys)
+    meta_cols = [c for c in ("phenomenon", "field") if c in train.columns]
+    if meta_cols:
+        meta = train.groupby("task")[meta_cols].first()
+        table = table.join(meta, on="task")
+        table = table[["task", *meta_cols] + [c for c in table.columns if c not in ("task", *meta_cols)]]
+    if folder is not None:
+        atomic_write_csv(folder / "controls.csv", table, index=False)
+    return table

@@ -1,0 +1,303 @@
+"""Gradient differentials of minimal pairs and the task differential ``D_t`` (batched backward).
+
+What a gradient differential is
+-------------------------------
+For a minimal pair (good, bad) and a causal LM with parameters theta, the *gradient differential*
+is
+
+    d = grad_theta [ log p(good) - log p(bad) ]
+
+with the scoring convention of :mod:`taskspace_utils.scoring` (BOS prefix, *sum* of token
+log-probabilities). It is the direction in parameter space that most increases the model's
+preference for the grammatical sentence; what the two sentences share (topic, length, most words)
+largely cancels, so ``d`` isolates the parameters that carry the contrast. Two variants
+(``variant=``):
+
+* ``"sentence"`` (default): all tokens of both sentences are scored. (The tokens of the common
+  token prefix have the same context in both sentences, so their terms cancel exactly; they are
+  skipped in the computation, which changes nothing but rounding.)
+* ``"critical"``: only the *critical tokens* are scored: in each sentence, the tokens where the
+  pair differs - from the end of the longest common token prefix (``prefix_len`` of
+  :class:`taskspace_utils.encoding.EncodedPairs`) up to the start of the common token suffix
+  (``suffix_len``), the suffix shortened for a sentence whose differing span would otherwise be
+  empty, so that every sentence keeps at least its first differing token (``this dog .`` vs.
+  ``this dog s .``: ``.`` vs. ``s``; subword splits make such empty spans common, e.g. 80% of
+  ``determiner_noun_agreement_1`` under a small BPE). Why not "every token after the first
+  difference": the shared prefix cancels *exactly* in the margin (same context, same
+  log-probabilities), so that choice would equal the sentence variant; the difference between the
+  two variants is the shared suffix, whose probabilities shift because the context differs (a
+  downstream effect). A pair where a sentence has *no* token after the common prefix - identical
+  token sequences, or one sentence a pure prefix of the other - has no critical tokens; it is
+  *excluded* and reported (:func:`critical_exclusions`, a warning, ``n_excluded`` in the
+  statistics), never silently dropped.
+
+The *task differential* of task t is the mean over its N training pairs,
+``D_t = (1/N) sum_i d_i``; because the gradient is linear this is the gradient of the mean margin,
+computed with one batched backward pass per token batch (:func:`task_differential`).
+
+Here: :func:`critical_exclusions`; :func:`encode_pairs`, :func:`pair_margins`,
+:func:`batch_margins` (differentiable per-pair margins, reused by FTGD); :func:`task_differential`.
+Every function that takes ``(tokenizer, pairs)`` also takes an :class:`~taskspace_utils.encoding.EncodedPairs`
+as ``pairs`` (the pairs are then not tokenised again).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..encoding import check_variant, encode, pad_token_id, prefix_token_id
+from ..models import eval_mode
+from ..padded import (
+    DEFAULT_BATCH_TOKENS,
+    batches_by_tokens,
+    collate_token_ids,
+    token_logprob_sums,
+)
+from ..prefix_tree import (
+    DEFAULT_TREE_ROW_TOKENS,
+    build_prefix_tree_rows,
+    collate_prefix_tree,
+    iter_prefix_tree_batches,
+    prefix_tree_logprobs,
+    supports_prefix_tree,
+)
+
+__all__ = ["critical_exclusions", "encode_pairs", "pair_margins", "batch_margins", "task_differential"]
+
+
+def _trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
+    """``(name, parameter)`` of the trainable parameters; ``ValueError`` when there are none."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters (requires_grad is False everywhere)")
+    return params
+
+
+# ---------------------------------------------------------------------------------------------
+# pairs -> scored token spans
+
+
+def critical_exclusions(pairs, tokenizer) -> pd.Series:
+    """Why a pair has no critical-token differential: a string per pair, ``None`` when it has one.
+
+    With ``p`` = the common token-prefix length (:class:`taskspace_utils.encoding.EncodedPairs`),
+    the critical span of a sentence starts at its token ``p`` (see the module docstring). Reasons:
+    ``"identical tokens"`` (good and bad tokenise identically), ``"good is a prefix of bad"`` and
+    ``"bad is a prefix of good"`` (one sentence has no token after ``p``). Index: ``pairs``' index
+    (a range for lists). ``pairs`` may be an ``EncodedPairs``.
+    """
+    return encode(tokenizer, pairs).excluded
+
+
+def _pair_spans(tokenizer, pairs, variant: str):
+    """Token ids of good and bad and the scored token span ``[start, end)`` of each sentence.
+
+    Returns ``(good_ids, bad_ids, start, end_good, end_bad, excluded)``: the spans of
+    :meth:`EncodedPairs.spans <taskspace_utils.encoding.EncodedPairs.spans>` - for ``"sentence"``
+    the whole sentence less the common token prefix (whose terms cancel exactly), for
+    ``"critical"`` the critical spans. ``excluded`` holds the reasons of
+    :func:`critical_exclusions` (all ``None`` for ``"sentence"``).
+    """
+    check_variant(variant)
+    enc = encode(tokenizer, pairs)
+    empty = np.flatnonzero((enc.n_good == 0) | (enc.n_bad == 0)).tolist()
+    if empty:
+        raise ValueError(f"pairs at positions {empty[:5]} have a sentence with no tokens")
+    start, end_good, end_bad = enc.spans(variant)
+    # sentence variant: the tokens of the common prefix have the same context in good and bad,
+    # hence the same log-probability: their terms cancel exactly in the margin and are not scored
+    # (saves the LM head and its backward at those positions; the tokens still feed the later ones)
+    excluded = list(enc.excluded) if variant == "critical" else [None] * len(enc)
+    return enc.good_ids, enc.bad_ids, start, end_good, end_bad, excluded
+
+
+def _row_weights(starts: Sequence[int], ends: Sequence[int], values: Sequence[float], width: int, dtype) -> torch.Tensor:
+    """``[B, width]`` token weights: ``values[r]`` at the collated positions ``1 + starts[r] ..
+    ends[r]`` (the tokens ``starts[r] .. ends[r] - 1`` of row r; position 0 is the BOS prefix),
+    0 elsewhere."""
+    weights = torch.zeros(len(starts), width, dtype=dtype)
+    for row, (s, e, v) in enumerate(zip(starts, ends, values)):
+        weights[row, 1 + int(s) : 1 + int(e)] = float(v)
+    return weights
+
+
+def encode_pairs(tokenizer, pairs, variant: str = "sentence", device=None, dtype=torch.float32) -> dict:
+    """Collate B pairs into one batch of 2B rows (goods, then bads) for :func:`pair_margins`.
+
+    Args:
+        pairs: a frame with ``good`` / ``bad`` columns, a ``(goods, bads)`` tuple of lists, or an
+            :class:`~taskspace_utils.encoding.EncodedPairs`.
+        variant: ``"sentence"`` or ``"critical"``; for ``"critical"`` a pair without critical
+            tokens (see :func:`critical_exclusions`) raises ``ValueError`` naming it - filter first.
+
+    Returns:
+        the :func:`taskspace_utils.padded.collate_token_ids` batch (``input_ids``,
+        ``attention_mask``, ``score_mask``: ``[2B, L]``) plus ``token_weights`` (``[2B, L]``, 1 on
+        the scored tokens) and ``n_pairs``. Encoding once and reusing the batch saves the
+        collation in training loops.
+    """
+    good_ids, bad_ids, start, end_good, end_bad, excluded = _pair_spans(tokenizer, pairs, variant)
+    bad_rows = [(i, r) for i, r in enumerate(excluded) if r is not None]
+    if bad_rows:
+        raise ValueError(
+            f"{len(bad_rows)} pair(s) have no critical tokens (variant='critical'), e.g. "
+            f"{bad_rows[:3]} (position, reason); drop them using critical_exclusions(pairs, tokenizer)"
+        )
+    ids = good_ids + bad_ids
+    batch = collate_token_ids(ids, prefix_token_id(tokenizer), pad_token_id(tokenizer))
+    starts, ends = np.concatenate([start, start]), np.concatenate([end_good, end_bad])
+    batch["token_weights"] = _row_weights(starts, ends, [1.0] * len(ids), batch["input_ids"].shape[1], dtype)
+    batch["n_pairs"] = len(good_ids)
+    if device is not None:
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return batch
+
+
+def pair_margins(model, encoded: dict) -> torch.Tensor:
+    """Differentiable margins ``m_i = log p(good_i) - log p(bad_i)`` (``[B]``) of an
+    :func:`encode_pairs` batch, each log-probability the sum over the scored tokens (for the
+    sentence variant the common token prefix is left out: its terms cancel exactly, so the margin
+    equals that of :func:`taskspace_utils.scoring.score_pairs` up to rounding).
+
+    The gradient of ``m_i`` is the pair's gradient differential ``d_i``; FTGD maximises
+    ``pair_margins(...).mean()``. The model's train/eval mode is left as it is (call
+    ``model.eval()`` for the dropout-free differential).
+    """
+    dtype = next(model.parameters()).dtype
+    weights = encoded["token_weights"].to(encoded["input_ids"].device, dtype if dtype.is_floating_point else torch.float32)
+    sums = token_logprob_sums(model, encoded, token_weights=weights)
+    n = int(encoded["n_pairs"])
+    return sums[:n] - sums[n:]
+
+
+def batch_margins(model, tokenizer, pairs, variant: str = "sentence") -> torch.Tensor:
+    """Differentiable per-pair margins ``[B]``: :func:`pair_margins` of :func:`encode_pairs`.
+
+    ``pairs`` is a frame with ``good`` / ``bad``, a ``(goods, bads)`` tuple or an
+    ``EncodedPairs``; for ``variant="critical"`` only the critical tokens count (pairs without any
+    raise). Equal (up to float rounding) to ``score_pairs(...)["margin"]`` for ``"sentence"``.
+    """
+    device = next(model.parameters()).device
+    return pair_margins(model, encode_pairs(tokenizer, pairs, variant, device=device))
+
+
+# ---------------------------------------------------------------------------------------------
+# the task differential: one batched backward of the summed margins
+
+
+def _signed_rows(good_ids, bad_ids, start, end_good, end_bad, weight: float):
+    """Unique scored rows ``(ids, start, end) -> weight``: ``+weight`` for a good, ``-weight`` for a
+    bad sentence. Identical rows merge, so a pair with identical sentences contributes exactly 0."""
+    rows: dict[tuple[tuple[int, ...], int, int], float] = {}
+    for g, b, s, eg, eb in zip(good_ids, bad_ids, start, end_good, end_bad):
+        for ids, e, sign in ((g, eg, 1.0), (b, eb, -1.0)):
+            key = (tuple(ids), int(s), int(e))
+            rows[key] = rows.get(key, 0.0) + sign * weight
+    return [(list(k[0]), k[1], k[2], w) for k, w in rows.items() if w != 0.0]
+
+
+def _weighted_gradient(model, tokenizer, rows, batch_size, batch_tokens, progress, desc="gradient"):
+    """``sum_r w_r grad log p(row_r)`` over ``rows = [(ids, start, end, w)]``, by token batches.
+
+    Returns ``{name: tensor}`` for all trainable parameters (zeros where a parameter gets no
+    gradient). Mode, ``.grad`` and parameters are left unchanged.
+    """
+    params = _trainable(model)
+    device = params[0][1].device
+    acc_dtype = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
+    total: dict[str, torch.Tensor] = {}  # filled by the first batch's gradients (no zero-filled start)
+    prefix, pad = prefix_token_id(tokenizer), pad_token_id(tokenizer)
+    weight_dtype = params[0][1].dtype if params[0][1].dtype.is_floating_point else torch.float32
+    use_tree = batch_size is None and supports_prefix_tree(model)
+    if use_tree:
+        # prefix trees: a good and a bad sentence share the positions of their common beginning,
+        # whose +w and -w token weights cancel, so the LM head skips those positions entirely
+        tree = build_prefix_tree_rows([r[0] for r in rows], DEFAULT_TREE_ROW_TOKENS)
+        batches = list(iter_prefix_tree_batches(tree, batch_tokens))
+    else:
+        lengths = np.array([len(r[0]) for r in rows])
+        batches = batches_by_tokens(lengths, batch_size, batch_tokens)
+    starts, ends, values = (np.array([r[k] for r in rows]) for k in (1, 2, 3))
+    show = len(batches) > 20 if progress is None else bool(progress)
+    with eval_mode(model):
+        for item in tqdm(batches, desc=desc, unit="batch", disable=not show, leave=False):
+            if use_tree:
+                tree_rows, index = item
+                batch = collate_prefix_tree(tree, tree_rows, prefix, pad, sentences=index, sentence_weights=values[index],
+                                            sentence_ranges=(starts[index], ends[index]), device=device)
+                if not len(batch["node_weight"]):
+                    continue
+                lp = prefix_tree_logprobs(model, batch)
+                objective = (lp * batch["node_weight"].to(lp.dtype)).sum()
+            else:
+                index = item
+                batch = collate_token_ids([rows[i][0] for i in index], prefix, pad, device)
+                weights = _row_weights(starts[index], ends[index], values[index], batch["input_ids"].shape[1], weight_dtype).to(device)
+                objective = token_logprob_sums(model, batch, token_weights=weights).sum()
+            grads = torch.autograd.grad(objective, [p for _, p in params], allow_unused=True)
+            for (name, p), g in zip(params, grads):
+                if g is None:
+                    continue
+                if name in total:
+                    total[name] += g.to(total[name].dtype)
+                else:
+                    total[name] = g.to(acc_dtype.get(p.dtype, p.dtype))
+    return {n: total[n].to(p.dtype) if n in total else torch.zeros_like(p) for n, p in params}
+
+
+def task_differential(
+    model,
+    tokenizer,
+    pairs,
+    variant: str = "sentence",
+    batch_size: int | None = None,
+    progress: bool | None = None,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+) -> dict[str, torch.Tensor]:
+    """The task differential ``D = (1/N) sum_i grad[log p(good_i) - log p(bad_i)]``.
+
+    Computed as the gradient of the *summed* margins with ``torch.autograd.grad``, one backward
+    pass per token batch: good and bad sentences become rows with token weights ``+1/N`` and
+    ``-1/N`` (on the critical tokens only for ``variant="critical"``). With ``batch_size=None`` and a
+    model that :func:`~taskspace_utils.prefix_tree.supports_prefix_tree`, rows are packed as prefix
+    trees of at most ``batch_tokens`` positions per batch: a pair's good and bad sentence share the
+    positions of their common beginning, whose ``+1/N`` and ``-1/N`` weights cancel, so the LM head
+    and its backward skip them (the context they give the later tokens is still computed once).
+    Otherwise rows are sorted by length and cut into batches of ``batch_size`` sentences or at most
+    ``batch_tokens`` padded tokens.
+    Batching and padding change the result only by floating-point summation order (tested in
+    float64 to 1e-12 against a per-pair loop and a central finite difference).
+
+    Args:
+        pairs: frame with ``good`` / ``bad`` (every row is used; select the training split first),
+            a ``(goods, bads)`` tuple or an ``EncodedPairs``.
+        variant: ``"sentence"`` or ``"critical"``; for ``"critical"`` pairs without critical tokens
+            are excluded with a ``UserWarning`` naming how many and why (see
+            :func:`critical_exclusions`) and the mean is over the remaining pairs.
+
+    Returns:
+        ``{name: tensor}`` for every trainable parameter (``model.named_parameters()`` order, tied
+        parameters once), same shape and dtype as the parameter. The model's parameters,
+        ``.grad`` fields and train/eval mode are unchanged (computed in eval mode: no dropout).
+    """
+    good_ids, bad_ids, start, end_good, end_bad, excluded = _pair_spans(tokenizer, pairs, variant)
+    keep = [i for i, r in enumerate(excluded) if r is None]
+    if len(keep) < len(excluded):
+        reasons = pd.Series([r for r in excluded if r is not None]).value_counts().to_dict()
+        warnings.warn(
+            f"task_differential(variant='critical'): {len(excluded) - len(keep)} of {len(excluded)} "
+            f"pair(s) have no critical tokens and are excluded: {reasons}",
+            stacklevel=2,
+        )
+    if not keep:
+        raise ValueError(f"task_differential: no pairs to average over ({len(excluded)} given, all excluded)")
+    rows = _signed_rows(
+        [good_ids[i] for i in keep], [bad_ids[i] for i in keep], start[keep], end_good[keep], end_bad[keep], 1.0 / len(keep)
+    )
+    return _weighted_gradient(model, tokenizer, rows, batch_size, batch_tokens, progress, desc="task differential")

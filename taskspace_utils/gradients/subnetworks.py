@@ -1,0 +1,127 @@
+"""Task subnetworks ``M_t(k)`` (top-k parameters by ``|D_t|``) and their Jaccard overlap space.
+
+The *task subnetwork* ``M_t(k)`` is the set of the ``round(k * P)`` parameters with the largest
+``|D_t|`` (:func:`subnetwork_masks`; globally or per parameter tensor; ties go to the lower flat
+index). FTGD tunes these, and the mask-overlap space compares them between tasks:
+
+    J(t, u) = |M_t & M_u| / |M_t | M_u|
+
+(:func:`mask_overlap_space`; NaN where both masks are empty), computed on bit-packed masks
+(:func:`pack_masks`, ``P / 8`` bytes per task) with popcounts (:func:`packed_jaccard_space`).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+__all__ = ["subnetwork_masks", "pack_masks", "packed_jaccard_space", "mask_overlap_space"]
+
+
+def _flat_abs(differentials: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    parts = []
+    for name, t in differentials.items():
+        if not torch.is_floating_point(t):
+            raise TypeError(f"differential {name!r}: expected a floating tensor, got {t.dtype}")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"differential {name!r} has NaN or infinite entries")
+        parts.append(t.detach().reshape(-1).abs().cpu())
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def _top_count(values: torch.Tensor, count: int) -> torch.Tensor:
+    """Bool mask of the ``count`` largest values; ties go to the lower flat index.
+
+    Same result as taking the first ``count`` of a stable descending sort, in ``O(n)``:
+    every value above the ``count``-th largest ``v``, then the values equal to ``v`` in index order
+    until ``count`` are chosen.
+    """
+    n = values.numel()
+    count = int(count)
+    if count <= 0:
+        return torch.zeros(n, dtype=torch.bool)
+    if count >= n:
+        return torch.ones(n, dtype=torch.bool)
+    threshold = values.new_tensor(np.partition(values.numpy(), n - count)[n - count])  # O(n) selection
+    mask = values > threshold
+    need = count - int(mask.sum())
+    ties = torch.nonzero(values == threshold).reshape(-1)[:need]
+    mask[ties] = True
+    return mask
+
+
+def subnetwork_masks(differentials: Mapping[str, torch.Tensor], k: float, per_module: bool = False) -> dict[str, torch.Tensor]:
+    """Task subnetwork ``M_t(k)``: the top-``k`` fraction of parameters by ``|D_t|``.
+
+    Global (default): ``round(k * P)`` True entries over all ``P`` entries of ``differentials``
+    (Python's ``round``, half to even), chosen from the concatenation of the flattened tensors in
+    dict order; ties are broken by a stable descending sort, i.e. towards the earlier parameter /
+    lower flat index, so the mask is deterministic (computed with a selection of the threshold, not a
+    full sort). ``per_module=True``: ``round(k * numel)`` within
+    every parameter tensor, so every tensor (embedding, each layer's attention and MLP weights,
+    norms) is represented. Returns ``{name: BoolTensor}`` with the parameters' shapes (on CPU).
+    """
+    k = float(k)
+    if not 0.0 <= k <= 1.0:
+        raise ValueError(f"k={k!r}: a fraction of parameters in [0, 1]")
+    if per_module:
+        return {
+            name: _top_count(_flat_abs({name: t}), round(k * t.numel())).reshape(t.shape)
+            for name, t in differentials.items()
+        }
+    flat = _flat_abs(differentials)
+    mask = _top_count(flat, round(k * flat.numel()))
+    out, offset = {}, 0
+    for name, t in differentials.items():
+        out[name] = mask[offset : offset + t.numel()].reshape(t.shape)
+        offset += t.numel()
+    return out
+
+
+def pack_masks(masks: Mapping[str, torch.Tensor], names: Sequence[str]) -> np.ndarray:
+    """The masks of ``names`` (in that order), flattened, concatenated and bit-packed
+    (``numpy.packbits``: P/8 bytes), for Jaccard overlaps of many tasks' subnetworks."""
+    flat = np.concatenate([masks[n].detach().reshape(-1).cpu().numpy().astype(bool) for n in names])
+    return np.packbits(flat)
+
+
+def packed_jaccard_space(packed: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """Tasks x tasks Jaccard ``|a & b| / |a | b|`` of bit-packed masks (:func:`pack_masks`); NaN
+    where both masks are empty."""
+    tasks = list(packed)
+    counts = {t: int(np.bitwise_count(packed[t]).sum()) for t in tasks}
+    out = np.full((len(tasks), len(tasks)), np.nan)
+    for i, a in enumerate(tasks):
+        for j in range(i, len(tasks)):
+            b = tasks[j]
+            inter = int(np.bitwise_count(packed[a] & packed[b]).sum())
+            union = counts[a] + counts[b] - inter
+            out[i, j] = out[j, i] = inter / union if union else np.nan
+    frame = pd.DataFrame(out, index=pd.Index(tasks, name="task"), columns=pd.Index(tasks, name="task"))
+    return frame
+
+
+def _task_names(by_task: Mapping[str, Mapping[str, torch.Tensor]], caller: str) -> tuple[list[str], list[str]]:
+    """``(tasks, parameter names)`` of a ``{task: {name: tensor}}`` mapping; raises ``ValueError``
+    naming ``caller`` when it is empty or a task holds other parameter names than the first."""
+    tasks = list(by_task)
+    if not tasks:
+        raise ValueError(f"{caller}: no tasks")
+    names = list(by_task[tasks[0]])
+    for t in tasks[1:]:
+        if list(by_task[t]) != names:
+            raise ValueError(f"{caller}: task {t!r} has other parameters than task {tasks[0]!r}")
+    return tasks, names
+
+
+def mask_overlap_space(masks_by_task: Mapping[str, Mapping[str, torch.Tensor]]) -> pd.DataFrame:
+    """Jaccard overlap ``|M_t & M_u| / |M_t | M_u|`` of task subnetworks (tasks x tasks).
+
+    All tasks must mask the same parameters (same names and shapes). The diagonal is 1; two empty
+    masks give NaN. Masks are bit-packed (``P / 8`` bytes per task) and compared with popcounts.
+    """
+    tasks, names = _task_names(masks_by_task, "mask_overlap_space")
+    return packed_jaccard_space({t: pack_masks(masks_by_task[t], names) for t in tasks})

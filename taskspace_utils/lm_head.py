@@ -1,0 +1,55 @@
+"""The LM head at the scored positions only: ``log_softmax(head(h))[target]``.
+
+For the model types in :data:`HEAD_ON_HIDDEN` the LM head is applied directly to the base
+model's last hidden state (no logit scaling or soft-capping), so the ``[positions, vocab]`` logits
+are computed only where a token is scored (a pair's shared prefix, padding and the BOS position are
+skipped). Used by the padded batches (:mod:`.padded`) and the prefix trees (:mod:`.prefix_tree`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["HEAD_ON_HIDDEN", "head_logprobs", "scored_hidden_and_head"]
+
+# Models whose LM head is applied directly to the base model's last hidden state (no logit
+# scaling / soft-capping), so we can skip computing logits at positions that are not scored.
+HEAD_ON_HIDDEN = {"gpt_neox", "gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "phi3"}
+
+
+#: Rows of hidden states sent through the LM head + log-softmax at a time: the ``[rows, vocab]``
+#: logits then stay in cache (measured on an [920 x 192] x [192 x 8192] head, 2 cores: all at once
+#: 15.6 ms, chunks of 256 rows 12.8 ms, 128: 14.0, 512: 14.3; in sentence_logprobs on tiny-m the
+#: difference between 256, 512 and no chunks is within noise, and chunks bound the memory).
+_HEAD_CHUNK_ROWS = 512
+
+
+def head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
+    """``log_softmax(head(hidden))[target]`` per row (float32 or wider), in chunks of
+    ``chunk_rows`` rows (default ``_HEAD_CHUNK_ROWS``; ``0``: one call of the head for all rows,
+    which per-example gradient hooks on the head rely on).
+
+    log_softmax + gather is one fused pass over the vocabulary, 2.5x faster on CPU than
+    ``logit[target] - logsumexp(logits)`` (amax, sub, exp, sum and log as separate passes).
+    """
+    step = _HEAD_CHUNK_ROWS if chunk_rows is None else (int(chunk_rows) or max(1, hidden.shape[0]))
+    out = []
+    for start in range(0, max(1, hidden.shape[0]), step):
+        logits = head(hidden[start:start + step])
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        out.append(torch.log_softmax(logits, dim=-1).gather(-1, targets[start:start + step, None]).squeeze(-1))
+    return out[0] if len(out) == 1 else torch.cat(out)
+
+
+def scored_hidden_and_head(model, input_ids, attention_mask):
+    """Last hidden states ``[B, L, d]`` and the LM head, when the head can be applied to a subset of
+    positions; ``(None, None)`` for models where that shortcut is not known to be exact."""
+    if getattr(model.config, "model_type", None) not in HEAD_ON_HIDDEN:
+        return None, None
+    base = getattr(model, model.base_model_prefix, None)
+    head = model.get_output_embeddings()
+    if base is None or head is None:
+        return None, None
+    hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return hidden, head

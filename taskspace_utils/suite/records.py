@@ -1,0 +1,161 @@
+"""The suite on disk: checkpoint folders, resume state, build status, and the per-checkpoint table.
+
+Suite layout (``suite_dir`` defaults to ``models.suite_root()``)
+-----------------------------------------------------------------
+- ``{root}/tokenizer-v{V}-{corpus sha[:12]}-{segment}[-p{N}]/``: the tokenizer (trained once, shared by
+  sizes) and ``tokens.safetensors``, the tokenised corpus (train and validation id streams; see
+  :mod:`.data`).
+- ``{root}/{size}/config.json``: the :class:`~.config.PretrainConfig` (a different config in the same
+  folder is refused, so results are never mixed).
+- ``{root}/{size}/step{N}/``: ``save_pretrained`` model (``model.safetensors``) and tokenizer, and
+  ``checkpoint.json`` (model and training config, corpus and tokenizer SHA-256, seed, step, tokens
+  seen, validation loss, wall time so far, library versions). Written into a hidden temporary folder
+  and renamed, so a checkpoint is complete or absent.
+- ``{root}/{size}/resume/``: optimizer state of the latest checkpoint (``optimizer.safetensors``, one
+  tensor ``"{param index}.{state key}"`` per entry, and ``state.json`` with step, wall time and param
+  groups): resume state, not a result.
+- ``{root}/{size}/suite.json``: written atomically *last*; a size without it is not built.
+
+BLiMP per checkpoint (:func:`evaluate_checkpoints`): ``blimp_mean`` is the macro mean over tasks of
+the per-task accuracy of ``scoring.score_pairs`` (sum of token log-probabilities after BOS; ties count
+as wrong), as in the BLiMP paper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..results import atomic_save_safetensors, atomic_write_json, read_json
+from .config import SUITE_SIZES
+
+__all__ = ["resolve_suite_dir", "is_built", "checkpoint_table", "evaluate_checkpoints", "save_checkpoint",
+           "save_resume_state", "resume_step", "load_resume_state", "library_versions", "sha256_file"]
+
+
+def resolve_suite_dir(suite_dir: str | Path | None) -> Path:
+    """``suite_dir`` as a path (``~`` expanded), or ``models.suite_root()`` when it is ``None``."""
+    if suite_dir is not None:
+        return Path(suite_dir).expanduser()
+    from ..models import suite_root
+    return Path(suite_root())
+
+
+def is_built(size: str, suite_dir: str | Path | None = None) -> bool:
+    """Whether ``{suite_dir}/{size}/suite.json`` exists (written last, when the size is complete)."""
+    return (resolve_suite_dir(suite_dir) / size / "suite.json").exists()
+
+
+def library_versions() -> dict:
+    """Python, torch, transformers and tokenizers versions, for ``checkpoint.json`` and ``suite.json``."""
+    import tokenizers
+    import transformers
+    return {"python": sys.version.split()[0], "torch": torch.__version__,
+            "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 hex digest of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------ checkpoints and resume
+def save_checkpoint(size_dir: Path, step: int, model, tokenizer, record: dict) -> Path:
+    """Write ``step{N}/`` into a hidden temporary folder, then rename it (complete or absent)."""
+    final = size_dir / f"step{step}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".step{step}.", dir=size_dir))
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    atomic_write_json(tmp / "checkpoint.json", record)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def save_resume_state(size_dir: Path, step: int, optimizer, wall_time: float) -> None:
+    """Optimizer moments and step counts of checkpoint ``step``, as safetensors + JSON."""
+    state = optimizer.state_dict()
+    tensors, meta = {}, {"step": step, "wall_time": wall_time, "param_groups": state["param_groups"]}
+    for index, entry in state["state"].items():
+        for key, value in entry.items():
+            tensors[f"{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    folder = size_dir / "resume"
+    atomic_save_safetensors(folder / "optimizer.safetensors", tensors)
+    atomic_write_json(folder / "state.json", meta)
+
+
+def resume_step(size_dir: Path) -> int | None:
+    """Step of the saved resume state if it and its checkpoint folder are complete, else None."""
+    folder = size_dir / "resume"
+    if not (folder / "state.json").exists() or not (folder / "optimizer.safetensors").exists():
+        return None
+    step = int(read_json(folder / "state.json")["step"])
+    return step if (size_dir / f"step{step}" / "checkpoint.json").exists() else None
+
+
+def load_resume_state(size_dir: Path, optimizer) -> tuple[int, float]:
+    """Load the saved optimizer state into ``optimizer``; return (step, wall time so far)."""
+    from safetensors.torch import load_file
+    folder = size_dir / "resume"
+    meta = read_json(folder / "state.json")
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return int(meta["step"]), float(meta["wall_time"])
+
+
+# ------------------------------------------------------------------------------ built suite
+def checkpoint_table(sizes=SUITE_SIZES, suite_dir: str | Path | None = None):
+    """One row per saved checkpoint of the built ``sizes``: ``size``, ``step``, ``params``,
+    ``tokens_seen``, ``validation_loss`` (nats per token), ``wall_time_s`` (training time so far)
+    and ``path`` (the ``step{N}`` folder, loadable by ``models.load_model``)."""
+    import pandas as pd
+
+    root = resolve_suite_dir(suite_dir)
+    rows = []
+    for size in ([sizes] if isinstance(sizes, str) else sizes):
+        if not is_built(size, root):
+            raise FileNotFoundError(f"{root / size / 'suite.json'} missing: size {size!r} is not built "
+                                    f"(build_suite(({size!r},)) or python -m taskspace_utils.suite --size {size})")
+        for step in read_json(root / size / "suite.json")["steps"]:
+            record = read_json(root / size / f"step{step}" / "checkpoint.json")
+            rows.append({"size": size, "step": step, "params": record["params"],
+                         "tokens_seen": record["tokens_seen"], "validation_loss": record["validation_loss"],
+                         "wall_time_s": record["wall_time_s"], "path": str(root / size / f"step{step}")})
+    return pd.DataFrame(rows)
+
+
+def evaluate_checkpoints(table, pairs, device: str | torch.device | None = None, progress: bool = True):
+    """BLiMP mean accuracy of every checkpoint in ``table`` (from :func:`checkpoint_table`).
+
+    Each checkpoint scores ``pairs`` (a ``data.load_blimp`` frame, possibly a subset) with
+    ``scoring.score_pairs`` (sum of token log-probabilities after BOS); ``blimp_mean`` is the macro
+    mean over tasks of the per-task accuracy (ties count as wrong), as in the BLiMP paper. Returns
+    ``table`` with ``blimp_mean``, ``blimp_pairs_per_task`` and ``eval_time_s`` added.
+    """
+    from ..models import load_model
+    from ..scoring import blimp_accuracy, score_pairs
+
+    out = table.copy()
+    means, seconds = [], []
+    for path in tqdm(list(table["path"]), desc="BLiMP per checkpoint", disable=not progress):
+        t0 = time.perf_counter()
+        model, tokenizer = load_model(path, device=device)
+        means.append(float(blimp_accuracy(score_pairs(model, tokenizer, pairs, progress=False))["accuracy"].mean()))
+        seconds.append(time.perf_counter() - t0)
+    out["blimp_mean"] = means
+    out["blimp_pairs_per_task"] = int(pairs.groupby("task").size().min()) if len(pairs) else 0
+    out["eval_time_s"] = seconds
+    return out
