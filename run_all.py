@@ -4,6 +4,7 @@
     python run_all.py --profile smoke --out /tmp/smoke
     python run_all.py --models tiny-s,tiny-m --revisions step0,final --tasks all --device cpu
     python run_all.py --set 02.n_train=64 --set all.seed=1 --dry-run
+    python run_all.py --profile smoke --data my_pairs.csv --out /tmp/mine   # your minimal pairs
     python run_all.py --executor dask --scheduler tcp://head:8786
 
 What it does (see :mod:`taskspace_utils.pipeline`): builds the missing offline-suite sizes by
@@ -58,7 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", type=_csv, help="model specs replacing the profile's: tiny-s,tiny-m@step0,EleutherAI/pythia-70m")
     parser.add_argument("--revisions", type=_csv, help="revisions for every model: step0,mid,final (suite) or hub revisions")
     parser.add_argument("--sizes", type=_csv, help="keep only these sizes of the profile's models: tiny-s,tiny-m or 70m,160m")
-    parser.add_argument("--tasks", type=_csv, help="BLiMP tasks for every notebook (or 'all')")
+    parser.add_argument("--tasks", type=_csv, help="tasks for every notebook (or 'all'): BLiMP's, or those of --data")
+    parser.add_argument("--data", help="your minimal pairs (CSV/JSONL file or folder; columns good, bad, optional task, "
+                                       "phenomenon, field): notebooks 01-05 run on them, tasks taken from the file")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... for every notebook and the suite build")
     parser.add_argument("--notebooks", type=_csv, help="per-unit notebooks to run (01,02 or stems); the comparison "
                                                      "runs only when listed too")
@@ -87,7 +90,8 @@ def make_overrides(args: argparse.Namespace):
     from taskspace_utils.pipeline import Overrides, parse_set
 
     return Overrides(models=args.models, revisions=args.revisions, sizes=args.sizes, tasks=args.tasks,
-                     device=args.device, notebooks=args.notebooks, sets=[parse_set(s) for s in args.sets])
+                     device=args.device, notebooks=args.notebooks, sets=[parse_set(s) for s in args.sets],
+                     data=args.data)
 
 
 def main(argv: list[str] | None = None) -> int:

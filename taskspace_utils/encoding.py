@@ -122,11 +122,17 @@ def tokenize_sentences(tokenizer, sentences: Sequence[str]) -> list[list[int]]:
     return [memo[s] for s in sentences]
 
 
-def pairs_hash(frame: pd.DataFrame) -> str:
-    """16 hex digits of ``sha256`` over the rows' ``task``, ``good`` and ``bad`` (tab separated,
-    one line per row, in order): what a result was computed from."""
-    task = frame["task"].astype(str) if "task" in frame.columns else pd.Series([""] * len(frame))
-    text = "\n".join(f"{t}\t{g}\t{b}" for t, g, b in zip(task, frame["good"].astype(str), frame["bad"].astype(str)))
+def pairs_hash(frame: pd.DataFrame, with_task: bool = True) -> str:
+    """16 hex digits of ``sha256`` over the rows' ``task<TAB>good<TAB>bad`` lines (one per row, in
+    order): what a result was computed from. ``with_task=False`` hashes ``good<TAB>bad`` lines only
+    (the key the gradient stage stores in every task file: one task's pairs, so the name adds
+    nothing, and files written before the two hashes were one keep matching)."""
+    goods, bads = frame["good"].astype(str), frame["bad"].astype(str)
+    if with_task:
+        task = frame["task"].astype(str) if "task" in frame.columns else pd.Series([""] * len(frame))
+        text = "\n".join(f"{t}\t{g}\t{b}" for t, g, b in zip(task, goods, bads))
+    else:
+        text = "\n".join(f"{g}\t{b}" for g, b in zip(goods, bads))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 

@@ -12,8 +12,9 @@ produced it, with its figures in ``figures/`` inside it::
         ├── unit.json, 0N_<stage>.ipynb      the runner's record and the executed notebooks
         ├── data/                            notebook 01: config.json, pairs.parquet,
         │                                    model_info.json, eval_blimp.csv, figures/
-        ├── gradients_<variant>/             notebook 02: config.json, differentials/, the gradient
-        │                                    and mask-overlap spaces, statistics, figures/
+        ├── gradients_<variant>/             notebook 02: config.json, differentials/ (top entries of
+        │                                    each D_t), gram.safetensors, the gradient and mask-overlap
+        │                                    spaces, statistics, figures/
         ├── ftgd/                            notebook 03: config.json, rows/, controls.csv,
         │                                    controls_mean.csv, figures/
         └── probing/                         notebook 04: config.json, the transfer spaces, rows/,

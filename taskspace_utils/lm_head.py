@@ -25,7 +25,10 @@ _HEAD_CHUNK_ROWS = 512
 
 
 def head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
-    """``log_softmax(head(hidden))[target]`` per row (float32 or wider), in chunks of
+    """``log_softmax(head(hidden))[target]`` per row (float32 or wider: 16-bit logits are upcast
+    before the log-softmax, so its sum over the vocabulary is not rounded to 8 mantissa bits; the
+    head's matmul itself runs in the model's dtype, so a bf16 logit carries a relative rounding
+    error of up to 2^-9), in chunks of
     ``chunk_rows`` rows (default ``_HEAD_CHUNK_ROWS``; ``0``: one call of the head for all rows,
     which per-example gradient hooks on the head rely on).
 

@@ -20,7 +20,18 @@ Public functions
 - :func:`parse_spec` — split ``name@revision``.
 - :func:`suite_root`, :func:`suite_checkpoint_dir`, :func:`list_suite` — where the offline
   suite lives (``$TASKSPACE_SUITE_DIR``, default ``~/.cache/taskspace/suite``).
-- :func:`default_device`, :func:`resolve_dtype`.
+- :func:`default_device`, :func:`resolve_dtype`, :func:`accumulation_dtype`, :func:`model_dtype`,
+  :func:`dtype_identity`.
+
+Precision
+---------
+``load_model(spec, dtype=...)`` sets the parameter dtype: ``None`` = float32 (the default on every
+device), ``"bf16"`` for speed and memory on a GPU (also accepted on the CPU, e.g. for tests).
+Whatever the parameter dtype, the kit *accumulates* in at least float32
+(:func:`accumulation_dtype`): log-softmax and token sums (:mod:`.lm_head`, :mod:`.padded`,
+:mod:`.prefix_tree`), task differentials summed over batches (:mod:`.gradients`), FTGD's Adam
+state and the tuned entries' master values (:mod:`.ftgd.tuning`). The matmuls themselves run in
+the parameter dtype (bf16: 8-bit mantissa, relative rounding ``2^-8`` ~ 0.4 % per operation).
 """
 
 from __future__ import annotations
@@ -45,6 +56,9 @@ __all__ = [
     "list_suite",
     "default_device",
     "resolve_dtype",
+    "accumulation_dtype",
+    "model_dtype",
+    "dtype_identity",
     "count_parameters",
     "describe_model",
     "eval_mode",
@@ -80,6 +94,29 @@ def resolve_dtype(dtype) -> torch.dtype | None:
         return names[str(dtype).lower().replace("torch.", "")]
     except KeyError:
         raise ValueError(f"dtype={dtype!r} is not one of {sorted(names)}") from None
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums over many terms are kept in for parameters of ``dtype``: float32 for the
+    16-bit floats (bfloat16 keeps 8 mantissa bits, so a running sum of 100 terms of one size
+    would lose ~log2(100) of them), the dtype itself for float32 and float64."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def model_dtype(model) -> torch.dtype:
+    """The dtype of ``model``'s first floating-point parameter (float32 when it has none)."""
+    for p in model.parameters():
+        if p.dtype.is_floating_point:
+            return p.dtype
+    return torch.float32
+
+
+def dtype_identity(model) -> dict:
+    """``{"dtype": "bfloat16"}`` for a model whose parameters are not float32, ``{}`` for float32:
+    what a stage adds to its ``config.json`` so results of two precisions never mix in one folder
+    while float32 configs stay as they were."""
+    dtype = model_dtype(model)
+    return {} if dtype == torch.float32 else {"dtype": str(dtype).replace("torch.", "")}
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -187,8 +224,12 @@ def load_model(spec: str | os.PathLike, device=None, dtype=None):
     Args:
         spec: local folder, hub ``name[@revision]``, or offline suite ``tiny-X[@stepN]``.
         device: ``"cpu"``, ``"cuda"``, a ``torch.device``; ``None`` picks CUDA when present.
-        dtype: parameter dtype (``None``: float32; the kit's gradients and scores are computed in
-            the parameter dtype).
+        dtype: parameter dtype (``None``: float32, the default on CPU and GPU; ``"bf16"`` /
+            ``torch.bfloat16`` on a GPU for speed, also accepted on the CPU). Forward and backward
+            matmuls run in this dtype; log-probabilities, margins, sums over tokens and batches
+            and FTGD's optimiser state are accumulated in float32 at least (see "Precision" in
+            the module docstring). ``"float16"`` loads too, but its 5-bit exponent (max 65,504) is
+            not tested here; prefer bf16.
 
     The model is returned in eval mode (dropout off) on ``device``. If the tokenizer has no pad
     token, its EOS token is used for padding (scoring masks padding out, so the choice does not

@@ -70,9 +70,11 @@ def token_logprob_sums(model, batch: dict, token_weights: torch.Tensor | None = 
             ``0``: a single call, as per-example gradient hooks on the head need).
 
     Returns:
-        ``[B]`` tensor in the model's dtype (float32 accumulation at least): the weighted sum of
-        token log-probabilities. The log-softmax is evaluated only at scored positions
-        (``log p = logit[target] - logsumexp(logits)``), in float32 or wider.
+        ``[B]`` tensor in :func:`~taskspace_utils.models.accumulation_dtype` of the model's dtype
+        (float32 for a bf16/fp16 model, else the model's dtype): the weighted sum of token
+        log-probabilities. The log-softmax is evaluated only at scored positions, on the logits
+        upcast to float32 or wider (:func:`~taskspace_utils.lm_head.head_logprobs`), and the
+        weights are cast to that dtype before the sum (a 16-bit weight ``1/N`` would be rounded).
     """
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     weights = batch["score_mask"] if token_weights is None else token_weights

@@ -193,7 +193,10 @@ def prefix_tree_logprobs(model, batch: dict) -> torch.Tensor:
     :func:`collate_prefix_tree` batch (``[n_nodes]``; float32 or wider), one forward pass.
 
     The 4-D mask is additive (0 where a position may attend, the dtype's minimum elsewhere), which
-    both the SDPA and the eager attention of transformers accept.
+    both the SDPA and the eager attention of transformers accept. It is in the *model's* dtype
+    (SDPA requires the mask's dtype to match the query's); in bf16 the minimum (-3.4e38) may round
+    to -inf when added to a score, which is harmless: every position sees itself, so no row of the
+    softmax is all -inf (tested: no NaN in bf16). The log-probabilities are float32 or wider.
     """
     base = getattr(model, model.base_model_prefix)
     head = model.get_output_embeddings()

@@ -181,11 +181,13 @@ def blimp_accuracy(scored: pd.DataFrame, by: str = "task") -> pd.DataFrame:
 
     Per task: ``accuracy`` = mean of ``correct`` (ties count as wrong), ``ties``, ``n_pairs`` and
     ``mean_margin``. For ``phenomenon`` / ``field`` the accuracy is the *macro* mean over the
-    group's tasks (every paradigm weighs the same, as in the BLiMP paper), with ``n_tasks``.
+    group's tasks (every paradigm weighs the same, as in the BLiMP paper), with ``n_tasks``. Pairs
+    without ``phenomenon``/``field`` columns get the per-task table without them.
     """
+    labels = {c: (c, "first") for c in ("phenomenon", "field") if c in scored.columns}
     per_task = scored.groupby("task", sort=True).agg(
-        phenomenon=("phenomenon", "first"), field=("field", "first"),
-        accuracy=("correct", "mean"), ties=("tie", "sum"), n_pairs=("correct", "size"), mean_margin=("margin", "mean"),
+        **labels, accuracy=("correct", "mean"), ties=("tie", "sum"), n_pairs=("correct", "size"),
+        mean_margin=("margin", "mean"),
     )
     if by == "task":
         return per_task

@@ -25,7 +25,6 @@ from typing import Mapping
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure

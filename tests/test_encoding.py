@@ -113,3 +113,14 @@ def test_tuple_input_and_bad_frames(tiny_tokenizer):
         encode(tiny_tokenizer, pd.DataFrame({"good": ["a"]}))
     with pytest.raises(ValueError, match="variant='words'"):
         enc.spans("words")
+
+
+def test_pairs_hash_without_task_is_the_gradient_stage_key(pairs):
+    """One function, two keys: with the task (results of several tasks) and without (one task's file)."""
+    import hashlib
+
+    one = pairs[pairs.task == "wh_island"]
+    text = "\n".join(f"{g}\t{b}" for g, b in zip(one.good, one.bad))
+    assert pairs_hash(one, with_task=False) == hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert pairs_hash(one, with_task=False) == pairs_hash(one.assign(task="other"), with_task=False)
+    assert pairs_hash(one) != pairs_hash(one, with_task=False)

@@ -19,7 +19,7 @@ from taskspace_utils.results import ConfigMismatchError
 def test_extract_task_differentials_writes_resumes_and_refuses_mixing(tiny_lm, blimp3, tmp_path, monkeypatch):
     model, tok = tiny_lm
     pairs = split_pairs(blimp3, n_train=4, n_test=2, seed=0)
-    config = G.GradientConfig(model="tiny-test", n_train=4, k=0.1, projection_dim=8)
+    config = G.GradientConfig(model="tiny-test", n_train=4, k=0.1, projection_dim=8, store="full")
     stats = G.extract_task_differentials(model, tok, pairs, tmp_path, config, progress=False)
     assert list(stats.index) == sorted(TASKS)
     assert (stats["n_pairs"] == 4).all() and (stats["n_excluded"] == 0).all()
@@ -62,7 +62,7 @@ def test_extract_task_differentials_writes_resumes_and_refuses_mixing(tiny_lm, b
     pd.testing.assert_frame_equal(again, stats)
     monkeypatch.undo()
     with pytest.raises(ConfigMismatchError):
-        G.extract_task_differentials(model, tok, pairs, tmp_path, G.GradientConfig(model="tiny-test", n_train=4, k=0.2))
+        G.extract_task_differentials(model, tok, pairs, tmp_path, G.GradientConfig(model="tiny-test", n_train=4, k=0.2, store="full"))
     other = split_pairs(blimp3, n_train=4, n_test=2, seed=1)
     with pytest.raises(ConfigMismatchError, match="other pairs"):
         G.extract_task_differentials(model, tok, other, tmp_path, config, progress=False)
@@ -71,7 +71,7 @@ def test_extract_task_differentials_writes_resumes_and_refuses_mixing(tiny_lm, b
 def test_extract_without_per_pair_uses_split_halves(tiny_lm, blimp3, tmp_path):
     model, tok = tiny_lm
     pairs = split_pairs(blimp3, n_train=5, n_test=0, seed=0)
-    config = G.GradientConfig(model="tiny-test", n_train=5, per_pair=False, variant="critical")
+    config = G.GradientConfig(model="tiny-test", n_train=5, per_pair=False, variant="critical", store="full")
     stats = G.extract_task_differentials(model, tok, pairs, tmp_path, config, tasks=["wh_island"], progress=False)
     assert list(stats.index) == ["wh_island"] and np.isnan(stats.loc["wh_island", "mean_norm"])
     train = pairs[(pairs["task"] == "wh_island")]
@@ -85,6 +85,11 @@ def test_config_validation():
         G.GradientConfig(variant="token")
     with pytest.raises(ValueError, match="k="):
         G.GradientConfig(k=1.5)
+    with pytest.raises(ValueError, match="store="):
+        G.GradientConfig(store="half")
+    with pytest.raises(ValueError, match="top_k="):
+        G.GradientConfig(k=0.05, top_k=0.01)
+    assert G.GradientConfig(k=0.05).kept_fraction == 0.05 and G.GradientConfig(k=0.05, top_k=0.2).kept_fraction == 0.2
 
 
 def test_extract_with_ghost_norms_matches_the_vmap_path(tiny_lm64, blimp3, tmp_path):
@@ -92,7 +97,7 @@ def test_extract_with_ghost_norms_matches_the_vmap_path(tiny_lm64, blimp3, tmp_p
     pairs = split_pairs(blimp3, n_train=5, n_test=0, seed=0)
     stats = {}
     for method in ("auto", "vmap"):  # auto: ghost norms for this model
-        config = G.GradientConfig(model="tiny-test", n_train=5, per_pair_method=method)
+        config = G.GradientConfig(model="tiny-test", n_train=5, per_pair_method=method, store="full")
         stats[method] = G.extract_task_differentials(model, tok, pairs, tmp_path / method, config, tasks=TASKS[:2], progress=False)
     cols = ["n_pairs", "mean_norm", "norm_of_mean", "consistency", "split_half_cosine"]
     pd.testing.assert_frame_equal(stats["auto"][cols], stats["vmap"][cols], rtol=1e-9)

@@ -1,5 +1,6 @@
 """Tests of taskspace_utils.pipeline.report (and the suite build of the runner): the comparison
-notebook over the complete units, the HTML report, and its resume."""
+notebook over the complete units, the report written after it (taskspace_utils.reporting), and its
+resume."""
 
 from __future__ import annotations
 
@@ -33,7 +34,16 @@ def test_suite_build_symbolic_revisions_and_report(workspace):
     first = json.loads((run_dir / "tiny-s@step64" / "first.json").read_text())
     assert first["model"] == "tiny-s@step64" and first["suite"] == str((run_dir / "suite").resolve())
     assert json.loads((run_dir / "compare.json").read_text())["units"] == ["tiny-s@step100", "tiny-s@step64"]
-    assert summary.report == run_dir / "report.html" and "compared 2 units" in summary.report.read_text()
+    assert summary.report == run_dir / "report.html"
+    report = summary.report.read_text()
+    # the report is written by taskspace_utils.reporting, not converted from the notebook: no code or
+    # notebook output, the units table first with each unit's executed notebooks linked
+    assert "compared 2 units" not in report and "<pre" not in report and "<script" not in report
+    assert report.index('<table id="units">') < report.index('id="findings"')
+    for unit in ("tiny-s@step100", "tiny-s@step64"):
+        assert f'<td>{unit}</td>' in report and f'href="{unit.replace("@", "%40")}/01_build_data.ipynb"' in report
+        assert (run_dir / unit / "01_build_data.ipynb").exists()
+    assert 'href="05_scale_and_checkpoints.ipynb"' in report and (run_dir / "05_scale_and_checkpoints.ipynb").exists()
     assert read_counter(counter)[0] == "00 tiny-s"
 
     lines = []

@@ -171,18 +171,3 @@ def test_plot_tradeoff_points_and_labels():
     offsets = np.vstack([c.get_offsets() for c in ax.collections])
     assert sorted(map(tuple, offsets)) == sorted(zip(frame["damage"], frame["gain"]))
     assert [t.get_text() for t in ax.texts] == ["r1", "r2", "r3"]
-
-
-def test_plot_trend_lines_and_bands():
-    from taskspace_utils.comparison.figures import plot_trend
-    frame = pd.DataFrame({"step": [0, 10, 100, 0, 10, 100], "rho": [0.1, 0.2, 0.3, 0.0, 0.1, 0.4],
-                          "ci_low": [0.0, 0.1, 0.2, -0.1, 0.0, 0.3], "ci_high": [0.2, 0.3, 0.4, 0.1, 0.2, 0.5],
-                          "model": ["a"] * 3 + ["b"] * 3})
-    fig = plot_trend(frame, "step", "rho", hue="model", symlogx=True, reference=0)
-    ax = fig.axes[0]
-    assert len([l for l in ax.lines if l.get_marker() == "o"]) == 2
-    assert len(ax.collections) == 2  # two CI bands
-    assert list(ax.lines[0].get_xdata()) == [0, 10, 100]
-    with pytest.raises(ValueError, match="no column 'nope'"):
-        plot_trend(frame, "nope", "rho")
-    plt.close(fig)

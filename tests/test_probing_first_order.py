@@ -5,6 +5,7 @@ prediction (hand dot product; finite-difference agreement with the measured tran
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -74,7 +75,8 @@ def test_first_order_prediction_matches_measured_change(tiny_lm64, pairs, tmp_pa
 def test_differential_store_offers_matching_tasks_only(tiny_lm, pairs, tmp_path):
     model, tok = tiny_lm
     train = pairs[pairs.split == "train"]
-    extract_task_differentials(model, tok, train, tmp_path, GradientConfig(n_train=6, per_pair=False), progress=False)
+    extract_task_differentials(model, tok, train, tmp_path, GradientConfig(n_train=6, per_pair=False, store="full"),
+                               progress=False)
     store = differential_store(tmp_path, train, variant="sentence")
     assert sorted(store) == sorted(TASKS) and len(store) == 3
     assert set(store[TASKS[0]]) == {n for n, _ in model.named_parameters()}
@@ -85,6 +87,59 @@ def test_differential_store_offers_matching_tasks_only(tiny_lm, pairs, tmp_path)
     result = probe_transfer(model, tok, pairs, tmp_path / "probe", ProbingConfig(tasks=TASKS, ftgd=FAST),
                             differentials=store, progress=False)
     assert result.margin.notna().all().all()
+
+
+def test_summary_store_gives_the_same_probe_and_prediction(tiny_lm, pairs, tmp_path):
+    """A summary folder (top entries at top_k >= FTGD's k) gives bit-identical FTGD masks, hence the
+    same transfer rows, and the recomputed D_u the same first-order prediction (per_pair=False and
+    ghost norms recompute bit for bit; tolerance 1e-12 relative for the float64 dot products)."""
+    model, tok = tiny_lm
+    train = pairs[pairs.split == "train"]
+    folders = {"full": tmp_path / "full", "summary": tmp_path / "summary"}
+    extract_task_differentials(model, tok, train, folders["full"], GradientConfig(n_train=6, per_pair=False, store="full"),
+                               progress=False)
+    extract_task_differentials(model, tok, train, folders["summary"],
+                               GradientConfig(n_train=6, per_pair=False, k=0.01, top_k=FAST.k), progress=False)
+    assert len(differential_store(folders["summary"], train, variant="sentence")) == 0  # no k: no masks promised
+    assert len(differential_store(folders["summary"], train, k=2 * FAST.k)) == 0  # not covered
+    assert len(differential_store(folders["summary"], train, k=FAST.k, per_module=True)) == 0  # other mode
+    with pytest.raises(ValueError, match="pass model="):
+        differential_store(folders["summary"], train, k=FAST.k).full(TASKS[0])
+    results, predicted = {}, {}
+    for mode, folder in folders.items():
+        store = differential_store(folder, train, "sentence", k=FAST.k, model=model, tokenizer=tok)
+        assert sorted(store) == sorted(TASKS)
+        results[mode] = probe_transfer(model, tok, pairs, tmp_path / f"probe_{mode}", ProbingConfig(tasks=TASKS, ftgd=FAST),
+                                       differentials=store, progress=False)
+        predicted[mode] = first_order_prediction(store, load_transfer_deltas(tmp_path / f"probe_{mode}", TASKS))
+    for space in ("margin", "accuracy"):
+        pd.testing.assert_frame_equal(getattr(results["summary"], space), getattr(results["full"], space), check_exact=True)
+    pd.testing.assert_frame_equal(predicted["summary"], predicted["full"], rtol=1e-12)
+    full = differential_store(folders["full"], train, k=FAST.k)[TASKS[1]]
+    again = differential_store(folders["summary"], train, k=FAST.k, model=model, tokenizer=tok).full(TASKS[1])
+    assert all(torch.equal(full[n], again[n]) for n in full)
+
+
+def test_probe_differentials_reads_a_summary_folder_and_resumes_a_legacy_one(tiny_lm, pairs, tmp_path):
+    import json
+
+    from taskspace_utils.probing import probe_differentials
+
+    model, tok = tiny_lm
+    train = pairs[pairs.split == "train"]
+    config = ProbingConfig(tasks=TASKS, n_train=6, ftgd=FAST)
+    store, source = probe_differentials(model, tok, train, tmp_path, config, model_spec="tiny-test", progress=False)
+    assert source == tmp_path / "probing" / "differentials" and sorted(store) == sorted(TASKS)
+    assert all(store.is_summary(t) for t in TASKS)
+    # a probe folder written before GradientConfig.store: full files, config without the new keys
+    legacy = tmp_path / "legacy"
+    extract_task_differentials(model, tok, train, legacy / "probing" / "differentials", GradientConfig(
+        model="tiny-test", n_train=6, k=FAST.k, per_pair=False, store="full"), progress=False)
+    path = legacy / "probing" / "differentials" / "config.json"
+    old = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("store", "top_k")}
+    path.write_text(json.dumps(old))
+    store, source = probe_differentials(model, tok, train, legacy, config, model_spec="tiny-test", progress=False)
+    assert sorted(store) == sorted(TASKS) and not any(store.is_summary(t) for t in TASKS)
 
 
 def test_first_order_prediction_subset_and_missing():

@@ -49,3 +49,17 @@ def test_evaluate_checkpoints_adds_the_blimp_mean_of_each_checkpoint(toy_suites)
     scored = evaluate_checkpoints(table, pairs, device="cpu", progress=False)
     assert list(scored["step"]) == [0, 12] and (scored["blimp_pairs_per_task"] == 3).all()
     assert scored["blimp_mean"].between(0, 1).all() and (scored["eval_time_s"] > 0).all()
+
+
+def test_a_suite_built_with_other_settings_is_detected(toy_suites):
+    """A suite built earlier with another budget is not the one the code would build now."""
+    from dataclasses import replace
+
+    from taskspace_utils.suite import default_config
+    from taskspace_utils.suite.records import settings_differ
+
+    first, _ = toy_suites
+    current = default_config("tiny-s", smoke=True)
+    assert settings_differ("tiny-s", first, current) == []
+    assert settings_differ("tiny-s", first, replace(current, max_steps=current.max_steps + 1)) == ["max_steps"]
+    assert settings_differ("tiny-m", first, default_config("tiny-m", smoke=True)) == []  # nothing recorded

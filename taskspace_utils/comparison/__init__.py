@@ -15,14 +15,21 @@ against the untrained initialisation (step 0) as baseline:
 3. **Stability** — agreement of each checkpoint's space with the next checkpoint's and with the
    final one (:func:`stability`).
 
+The paper's three claims as tested contrasts with CIs, permutation p-values, minimal detectable
+differences and verdicts by a rule fixed in advance (:data:`RULE`): :func:`claims_table`
+(:mod:`.claims`, statistics in :mod:`.claim_statistics`), written as ``comparison/claims.csv``.
+
 Modules: :mod:`.units` (reading a run), :mod:`.alignment`, :mod:`.sharing`, :mod:`.stability`,
-:mod:`.findings` (all tables, and the findings in words).
+:mod:`.claims` and :mod:`.claim_statistics` (the claims table), :mod:`.findings` (all tables, and
+the findings in words).
 
 Public functions
 ----------------
 - :class:`ComparisonConfig`; :func:`discover_units`, :func:`load_unit_spaces`.
 - :func:`unit_alignment`, :func:`baseline_differences`, :func:`generalisation_summary`,
   :func:`parameter_sharing`, :func:`sharing_by_module`, :func:`stability`.
+- :func:`claims_table`, :data:`RULE` (the verdict rule), :func:`model_roles` (size and
+  pre-training seed of each unit), :func:`overlap_space` (non-embedding subnetwork overlap).
 - :func:`compare_units` — all of the above for a run, written atomically to
   ``<run_dir>/comparison/*.csv`` beside its config; :func:`describe_findings` — plain sentences
   stating what the numbers say.
@@ -38,6 +45,7 @@ from .alignment import (
     probe_alignment,
     unit_alignment,
 )
+from .claims import RULE, claims_table, model_roles, overlap_space
 from .findings import compare_units, describe_findings
 from .sharing import parameter_sharing, sharing_by_module
 from .stability import stability
@@ -66,6 +74,10 @@ __all__ = [
     "parameter_sharing",
     "sharing_by_module",
     "stability",
+    "claims_table",
+    "RULE",
+    "model_roles",
+    "overlap_space",
     "compare_units",
     "describe_findings",
 ]

@@ -5,13 +5,19 @@ has nothing to show for it, together with the table it plotted."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
+from matplotlib.transforms import blended_transform_factory
 
 from ..plotting import _new_axes
 
 __all__ = [
+    "step_positions",
+    "step_axis_limits",
+    "set_step_axis",
     "plot_trend",
     "accuracy_figure",
     "alignment_figure",
@@ -25,6 +31,62 @@ __all__ = [
 Tables = dict
 
 
+def step_positions(steps, zero_at: float) -> np.ndarray:
+    """x positions of training steps on the step axis of :func:`set_step_axis`: a positive step is
+    drawn at itself (log scale), step 0 at ``zero_at`` (left of the first decade, marked apart)."""
+    steps = np.asarray(steps, dtype=float)
+    return np.where(steps == 0, zero_at, steps)
+
+
+def step_axis_limits(steps) -> tuple[float, float, float]:
+    """``(zero_at, first_decade, right)`` of the step axis for ``steps`` (all ≥ 0).
+
+    The log axis starts at the decade of the smallest positive step (``10**floor(log10(min))``,
+    i.e. step 1 for the suite's and Pythia's checkpoints), step 0 sits ``10**-0.6`` of a decade to
+    its left, and the axis ends a fifth of a decade right of the largest step, so the final
+    checkpoints are not squeezed against the edge. Steps below 0 or not finite raise."""
+    steps = np.asarray(steps, dtype=float)
+    if steps.size == 0 or not np.all(np.isfinite(steps)) or (steps < 0).any():
+        raise ValueError(f"steps: need finite steps >= 0, got {steps.tolist()}")
+    positive = steps[steps > 0]
+    if positive.size == 0:
+        return 0.0, 1.0, 1.0
+    first = 10.0 ** np.floor(np.log10(positive.min()))
+    return first / 10 ** 0.6, first, positive.max() * 10 ** 0.2
+
+
+def set_step_axis(ax: plt.Axes, steps) -> float:
+    """Make ``ax``'s x axis a training-step axis for ``steps`` and return the position of step 0.
+
+    A log axis from the first decade (:func:`step_axis_limits`) with ticks at every power of 10
+    (``1``, ``10``, ``100``, ``1,000`` …) and step 0 drawn apart at its own tick labelled ``0``,
+    with a broken-axis marker (``//``) between it and the first decade. Unlike ``symlog``, no
+    negative decade is shown and every tick label is a step ≥ 0. Data must be placed with
+    :func:`step_positions`. With only step 0 the axis is linear with the single tick ``0``."""
+    zero_at, first, right = step_axis_limits(steps)
+    has_zero = bool((np.asarray(steps, dtype=float) == 0).any())
+    if right == first and zero_at == 0.0:  # only step 0
+        ax.set_xlim(-1, 1)
+        ax.set_xticks([0.0], ["0"])
+        return 0.0
+    ax.set_xscale("log")
+    left = zero_at / 10 ** 0.25 if has_zero else first / 10 ** 0.2
+    ax.set_xlim(left, max(right, first * 10 ** 0.4))
+    decades = [10.0 ** k for k in range(round(np.log10(first)), int(np.floor(np.log10(right))) + 1)]
+    ticks = ([zero_at] if has_zero else []) + decades
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FixedFormatter((["0"] if has_zero else []) + [f"{d:,.0f}" for d in decades]))
+    ax.xaxis.set_minor_locator(FixedLocator([m * d for d in decades for m in range(2, 10) if m * d < right]))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if has_zero:
+        mid = np.sqrt(zero_at * first)
+        trans = blended_transform_factory(ax.transData, ax.transAxes)
+        for shift in (0.93, 1.07):
+            ax.plot([mid * shift / 1.04, mid * shift * 1.04], [-0.025, 0.025], transform=trans, color="#444444",
+                    linewidth=1, clip_on=False)
+    return zero_at
+
+
 def plot_trend(
     frame: pd.DataFrame,
     x: str,
@@ -32,32 +94,36 @@ def plot_trend(
     hue: str | None = None,
     ci: tuple[str, str] = ("ci_low", "ci_high"),
     logx: bool = False,
-    symlogx: bool = False,
+    stepx: bool = False,
     reference: float | None = None,
     title: str | None = None,
     ax: plt.Axes | None = None,
+    symlogx: bool = False,
 ) -> Figure:
     """A statistic against model size or training step: one line per ``hue`` group (points sorted
     by ``x``), a shaded band between the ``ci`` columns when present, an optional horizontal
-    ``reference`` line (e.g. chance or zero). ``logx`` for parameter counts; ``symlogx`` for steps
-    (Pythia-style log-spaced checkpoints that include step 0)."""
+    ``reference`` line (e.g. chance or zero). ``logx`` for parameter counts; ``stepx`` for
+    training steps (Pythia-style log-spaced checkpoints that include step 0): a log axis from step 1
+    with step 0 marked apart (:func:`set_step_axis`). ``symlogx`` is the former name of ``stepx``
+    (the same step axis; the symlog scale showed negative decades)."""
     for column in [x, y] + ([hue] if hue else []):
         if column not in frame.columns:
             raise ValueError(f"frame: no column {column!r}; has {list(frame.columns)}")
+    stepx = stepx or symlogx
     fig, ax = _new_axes(ax, (6, 4))
+    zero_at = set_step_axis(ax, frame[x].dropna()) if stepx and frame[x].notna().any() else None
     groups = list(dict.fromkeys(frame[hue])) if hue else [None]
     colours = sns.color_palette("colorblind", len(groups))
     for colour, group in zip(colours, groups):
         part = (frame if group is None else frame[frame[hue] == group]).sort_values(x)
-        ax.plot(part[x], part[y], marker="o", color=colour, label=None if group is None else str(group))
+        xs = step_positions(part[x], zero_at) if zero_at is not None else part[x]
+        ax.plot(xs, part[y], marker="o", color=colour, label=None if group is None else str(group))
         if all(c in part.columns for c in ci) and part[list(ci)].notna().any().any():
-            ax.fill_between(part[x], part[ci[0]], part[ci[1]], color=colour, alpha=0.2, linewidth=0)
+            ax.fill_between(xs, part[ci[0]], part[ci[1]], color=colour, alpha=0.2, linewidth=0)
     if reference is not None:
         ax.axhline(reference, color="#888888", linestyle="--", linewidth=0.8)
     if logx:
         ax.set_xscale("log")
-    elif symlogx:
-        ax.set_xscale("symlog", linthresh=1)
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     if hue:
@@ -75,7 +141,7 @@ def accuracy_figure(tables: Tables) -> tuple[Figure | None, pd.DataFrame]:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     plot_trend(acc[acc.is_final].assign(model="final"), "n_parameters", "blimp_accuracy", hue="model",
                logx=True, reference=0.5, title="Final checkpoints vs. size", ax=axes[0])
-    plot_trend(acc, "step", "blimp_accuracy", hue="family", symlogx=True, reference=0.5,
+    plot_trend(acc, "step", "blimp_accuracy", hue="family", stepx=True, reference=0.5,
                title="Accuracy over pre-training", ax=axes[1])
     return fig, acc[["unit", "family", "step", "n_parameters", "blimp_accuracy"]]
 
@@ -89,7 +155,7 @@ def alignment_figure(tables: Tables) -> tuple[Figure | None, pd.DataFrame]:
     shown = alignment.merge(tables["units"][["family", "step", "n_parameters"]], left_on="unit", right_index=True)
     table = shown.pivot_table(index=["unit", "space"], columns=["hypothesis", "controlled"], values="statistic")
     phen = shown[shown.hypothesis == "phenomenon"].assign(series=lambda f: f.space + " · " + f.controlled)
-    fig = plot_trend(phen, "step", "statistic", hue="series", symlogx=True, reference=0,
+    fig = plot_trend(phen, "step", "statistic", hue="series", stepx=True, reference=0,
                      title="Phenomenon alignment over pre-training (all families)")
     return fig, table
 
@@ -101,7 +167,7 @@ def baseline_figure(tables: Tables) -> tuple[Figure | None, pd.DataFrame]:
         return None, baseline
     sel = baseline[baseline.hypothesis == "phenomenon"].assign(
         series=lambda f: f.family + " · " + f.space + " · " + f.controlled)
-    fig = plot_trend(sel, "step", "difference", hue="series", symlogx=True, reference=0,
+    fig = plot_trend(sel, "step", "difference", hue="series", stepx=True, reference=0,
                      title="Phenomenon alignment: trained − step 0 (95% CI)")
     return fig, baseline
 
@@ -114,7 +180,7 @@ def generalisation_figure(tables: Tables) -> tuple[Figure | None, pd.DataFrame]:
     long = tables["units"].join(gen, how="inner").reset_index().melt(
         id_vars=["unit", "family", "step", "n_parameters"], value_vars=["same_phenomenon", "same_field", "other_field"],
         var_name="reach", value_name="index")
-    fig = plot_trend(long, "step", "index", hue="reach", symlogx=True, reference=0,
+    fig = plot_trend(long, "step", "index", hue="reach", stepx=True, reference=0,
                      title="Generalisation index over pre-training")
     return fig, gen
 
@@ -126,7 +192,7 @@ def sharing_figure(tables: Tables) -> tuple[Figure | None, pd.DataFrame]:
         return None, sharing
     share = tables["units"].join(sharing, how="inner").reset_index()
     share = share.rename(columns={"difference_ci_low": "ci_low", "difference_ci_high": "ci_high"})
-    fig = plot_trend(share, "step", "difference", hue="family", symlogx=True, reference=0,
+    fig = plot_trend(share, "step", "difference", hue="family", stepx=True, reference=0,
                      title="Subnetwork overlap: within − across phenomena")
     return fig, sharing
 
@@ -150,5 +216,5 @@ def stability_figure(tables: Tables) -> tuple[Figure | None, pd.DataFrame]:
     if stab.empty:
         return None, stab
     fig = plot_trend(stab.assign(series=stab.family + " · " + stab.space), "step", "rho_final", hue="series",
-                     symlogx=True, reference=0, title="Agreement with the final checkpoint")
+                     stepx=True, reference=0, title="Agreement with the final checkpoint")
     return fig, stab

@@ -12,6 +12,7 @@ from scipy import stats
 from ..layout import CONFIG, run_layout, unit_layout
 from ..results import atomic_write_csv, atomic_write_json
 from .alignment import baseline_differences, generalisation_summary, unit_alignment
+from .claims import claims_table
 from .sharing import parameter_sharing, sharing_by_module
 from .stability import stability
 from .units import ComparisonConfig, discover_units
@@ -24,7 +25,8 @@ def compare_units(run_dir, units: Sequence[str] | None = None, config: Compariso
     """Every comparison table for a run; written to ``out_dir`` (default ``<run_dir>/comparison``)
     as CSV, atomically, beside its ``config.json``. Returns ``{name: frame}`` with
     ``units``, ``accuracy``, ``alignment``, ``baseline``, ``generalisation``, ``sharing``,
-    ``sharing_modules`` and ``stability``."""
+    ``sharing_modules``, ``stability`` and ``claims`` (:func:`~taskspace_utils.comparison.claims_table`,
+    written without an index)."""
     from tqdm.auto import tqdm
 
     config = config or ComparisonConfig()
@@ -53,10 +55,11 @@ def compare_units(run_dir, units: Sequence[str] | None = None, config: Compariso
         "sharing": parameter_sharing(table, config),
         "sharing_modules": pd.concat(modules, ignore_index=True) if modules else pd.DataFrame(),
         "stability": stability(table, config),
+        "claims": claims_table(table, config),
     }
     atomic_write_json(out / CONFIG, {"config": config, "units": list(table.index)})
     for name, frame in tables.items():
-        atomic_write_csv(out / f"{name}.csv", frame)
+        atomic_write_csv(out / f"{name}.csv", frame, **({"index": False} if name == "claims" else {}))
     return tables
 
 

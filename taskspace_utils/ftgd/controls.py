@@ -38,7 +38,7 @@ from ..encoding import (
     tokenize_sentences,
 )
 from ..layout import task_file_stem
-from ..models import eval_mode
+from ..models import dtype_identity, eval_mode
 from ..padded import (
     DEFAULT_BATCH_TOKENS,
     batches_by_tokens,
@@ -46,7 +46,7 @@ from ..padded import (
     token_logprob_sums,
 )
 from ..results import atomic_write_csv, atomic_write_json, ensure_run_config, read_json
-from ..scoring import score_pairs
+from ..scoring import blimp_accuracy, score_pairs
 from .config import CONTROLS, FTGDConfig
 from .delta import SparseDelta, applied
 from .tuning import tune_task
@@ -101,7 +101,7 @@ def evaluate_model(model, tokenizer, test_pairs: pd.DataFrame | EncodedPairs, va
     Returns ``{"per_task": DataFrame[task -> accuracy, mean_margin], "perplexity": float or nan}``.
     """
     scored = score_pairs(model, tokenizer, encode(tokenizer, test_pairs))
-    per_task = scored.groupby("task", sort=True).agg(accuracy=("correct", "mean"), mean_margin=("margin", "mean"))
+    per_task = blimp_accuracy(scored)[["accuracy", "mean_margin"]]
     ppl = perplexity(model, tokenizer, val_text) if val_text is not None and len(val_text) else float("nan")
     return {"per_task": per_task, "perplexity": ppl}
 
@@ -199,7 +199,8 @@ def compare_controls(
     ``rows/{task}__{control}.json`` per finished run (a rerun skips those: resumable), optionally
     ``deltas/{task}__{control}.safetensors``, and ``controls.csv`` with the whole table.
     ``run_info`` (e.g. ``{"model": "tiny-m"}``) is added to ``config.json``, so results of another
-    model are not mixed in.
+    model are not mixed in; so is ``"dtype"`` (e.g. ``"bfloat16"``) when the model's parameters are
+    not float32 (float32 runs keep the config they always had).
 
     Returns one row per (task, control), with the task's ``phenomenon``/``field`` when the pairs
     carry them (columns of :func:`evaluate_control`).
@@ -217,7 +218,8 @@ def compare_controls(
                                    "n_train": int((train["task"] == tasks[0]).sum()),
                                    "n_test": int((test["task"] == tasks[0]).sum()),
                                    "n_val_texts": 0 if val_text is None else len(val_text),
-                                   "watched_tasks": sorted(set(test["task"])), **dict(run_info or {})})
+                                   "watched_tasks": sorted(set(test["task"])), **dtype_identity(model),
+                                   **dict(run_info or {})})
     base = None
     rows = []
     runs = [(t, c) for t in tasks for c in controls]

@@ -15,6 +15,16 @@ model prefers the grammatical member of each pair (objectives: :mod:`.config`):
 parameter. Batches are consecutive slices of seeded permutations of the training pairs, from a
 stream separate from the random masks', so every control sees the same batches. The model is
 restored bitwise afterwards; the change is returned as a :class:`~.delta.SparseDelta`.
+
+Precision. A float32/float64 model is updated in place in its own dtype (the optimiser works on
+the parameters, or on gathered copies of their masked entries). A bf16/fp16 model is not: bf16
+keeps 8 mantissa bits, so an Adam step of ``lr = 1e-4`` on a weight of 0.02 (ulp 1.2e-4) would
+round away and Adam's second moments (squares of ~1e-4 gradients) would lose most bits. There the
+optimiser works on float32 *master* copies of the tuned entries (its state in float32 too); after
+every step the masters are written into the model rounded to its dtype, so the forward pass sees
+what the model can hold, while updates smaller than half an ulp accumulate in the master until
+they move the stored value. The delta compares the rounded tuned values with the original bf16
+values bit for bit, as for any dtype.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ from tqdm.auto import tqdm
 
 from ..encoding import EncodedPairs, encode
 from ..gradients import batch_margins, subnetwork_masks, task_differential
-from ..models import eval_mode
+from ..models import accumulation_dtype, eval_mode
 from ..padded import collate_token_ids, token_logprob_sums
 from .config import FTGDConfig, FTGDDivergedError
 from .delta import SparseDelta, _build_delta, _named_parameters
@@ -122,8 +132,24 @@ def _step_masks(params, config, generator):
     """Per-step masks (``mask_mode="per_step"``): top-k of the step's ``|gradient|`` for FTGD."""
     if config.control == "random_mask":
         return _random_masks(params, config.k, config.per_module, generator)
-    grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in params.items()}
+    # float32 at least: the top-k selection runs through numpy, which has no bfloat16
+    grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).to(accumulation_dtype(p.dtype))
+             for n, p in params.items()}
     return subnetwork_masks(grads, config.k, per_module=config.per_module)
+
+
+def _write_leaves(params, base, leaves, master) -> None:
+    """Write the optimiser's leaves into the model: gathered copies and float32 masters (rounded
+    to the parameter's dtype) at their entries; dense leaves that are the parameter need nothing."""
+    with torch.no_grad():
+        for name, (idx, _) in base.items():
+            if not master[name] and idx is None:
+                continue
+            p, value = params[name], leaves[name].detach().to(params[name].dtype)
+            if idx is None:
+                p.view(-1).copy_(value)
+            else:
+                p.view(-1).index_copy_(0, idx, value)
 
 
 def tune_task(
@@ -142,7 +168,8 @@ def tune_task(
     ``.grad`` slots; apply the delta (:func:`applied`) to use the tuned model.
 
     Args:
-        model: causal LM (any dtype/device; updates are made in the parameter dtype).
+        model: causal LM (any dtype/device; float32/float64 parameters are updated in their
+            dtype, bf16/fp16 ones through float32 master copies: module docstring).
         tokenizer: its tokenizer.
         train_pairs: frame with ``good``/``bad`` columns, its
             :class:`~taskspace_utils.encoding.EncodedPairs`, or a list of ``(good, bad)`` — the
@@ -204,10 +231,15 @@ def tune_task(
         n_masked = None
 
     # Leaves the optimiser updates: the parameter itself (dense) or a gathered copy of its masked
-    # entries (sparse, so the optimiser state has k * n_params entries, not n_params).
+    # entries (sparse, so the optimiser state has k * n_params entries, not n_params); for a
+    # 16-bit parameter a float32 master copy of those entries (module docstring, "Precision").
+    master = {name: accumulation_dtype(params[name].dtype) != params[name].dtype for name in base}
     leaves = {}
     for name, (idx, orig) in base.items():
-        leaves[name] = params[name] if idx is None else orig.clone().requires_grad_(True)
+        if master[name]:
+            leaves[name] = orig.to(accumulation_dtype(orig.dtype)).requires_grad_(True)  # flat float32 copy
+        else:
+            leaves[name] = params[name] if idx is None else orig.clone().requires_grad_(True)
     optimizer = _make_optimizer(list(leaves.values()), config)
     batches = _batch_order(len(encoded), int(config.batch_size), int(config.steps), generator)
     losses: list[float] = []
@@ -226,27 +258,33 @@ def tune_task(
                                             f"{kind} (control={config.control}, lr={config.lr:g}); lower lr or steps")
                 loss.backward()
                 losses.append(value)
+                sums = []  # one float64 sum per tensor: NaN/inf anywhere makes it non-finite (4x cheaper than isfinite)
                 for name, (idx, _) in base.items():
                     grad = params[name].grad
-                    if idx is not None:  # the sparse leaves get the masked entries of the gradient
+                    if master[name]:  # float32 masters get the (masked) entries of the gradient, upcast
+                        if grad is not None:
+                            grad = (grad.reshape(-1) if idx is None else grad.reshape(-1)[idx]).to(leaves[name].dtype)
+                        leaves[name].grad = grad
+                    elif idx is not None:  # the sparse leaves get the masked entries of the gradient
                         leaves[name].grad = grad = None if grad is None else grad.reshape(-1)[idx]
-                    # one float64 sum per tensor: NaN/inf anywhere makes it non-finite (4x cheaper than isfinite)
-                    if grad is not None and not math.isfinite(float(grad.sum(dtype=torch.float64))):
-                        raise FTGDDivergedError(f"FTGD diverged on task {label!r} at step {step}/{config.steps}: "
-                                                f"gradient of {name!r} is not finite (lr={config.lr:g})")
+                    sums.append((name, None if grad is None else grad.sum(dtype=torch.float64)))
+                # one device sync per step (not one per tensor: on a GPU each is a round trip)
+                present = [(name, t) for name, t in sums if t is not None]
+                if present and not math.isfinite(float(torch.stack([t for _, t in present]).sum())):
+                    name = next((n for n, t in present if not math.isfinite(float(t))), "<all tensors summed>")
+                    raise FTGDDivergedError(f"FTGD diverged on task {label!r} at step {step}/{config.steps}: "
+                                            f"gradient of {name!r} is not finite (lr={config.lr:g})")
                 if config.uses_mask and config.mask_mode == "per_step":
                     step_masks = _step_masks(params, config, mask_generator)
-                    before = {n: p.detach().clone() for n, p in params.items()}
+                    before = {n: leaf.detach().clone() for n, leaf in leaves.items()}
                     optimizer.step()
                     with torch.no_grad():
-                        for n, p in params.items():
-                            p.copy_(torch.where(step_masks[n].to(p.device), p, before[n]))
-                    continue
-                optimizer.step()
-                with torch.no_grad():
-                    for name, (idx, _) in base.items():
-                        if idx is not None:
-                            params[name].view(-1).index_copy_(0, idx, leaves[name].detach())
+                        for n, leaf in leaves.items():
+                            keep = step_masks[n].to(leaf.device).reshape(leaf.shape)
+                            leaf.copy_(torch.where(keep, leaf, before[n]))
+                else:
+                    optimizer.step()
+                _write_leaves(params, base, leaves, master)
             meta = {"task": task, "config": dataclasses.asdict(config), "n_masked": n_masked, "n_params": n_params,
                     "losses": losses, "steps_done": len(losses)}
             delta = _build_delta(params, base, meta)

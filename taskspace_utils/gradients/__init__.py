@@ -23,6 +23,9 @@ Modules (one job each; every name is importable from this package):
 - :mod:`.stage` - the stage of notebook ``02_gradient_extraction``: :class:`GradientConfig`,
   :func:`extract_task_differentials` (all tasks of one model to disk, resumable),
   :func:`summarise_run`.
+- :mod:`.summary` - what a task file keeps by default (``store="summary"``): the top entries of
+  ``D_t`` (ties at the threshold included, so every top-k mask with k <= ``top_k`` is exact), and
+  the gradient space accumulated while the differentials are in memory (``gram.safetensors``).
 - :mod:`.store` - the run folder's files and reading them back (:func:`load_task_differentials`,
   :func:`load_gradient_spaces`, :func:`load_differential_stats`).
 
@@ -42,7 +45,8 @@ from .differentials import (
 from .ghost_norms import _GhostNorms, pair_differential_norms  # noqa: F401
 from .per_pair import ParameterSketch, iter_pair_differentials, pair_differential_stats
 from .space import METRICS, gradient_space, module_groups, summarise_module_spaces
-from .stage import GradientConfig, extract_task_differentials, summarise_run
+from . import summary  # noqa: F401  (what a summary file keeps)
+from .stage import GradientConfig, extract_task_differentials, recompute_differential, summarise_run
 from .store import (  # noqa: F401
     _pairs_sha,
     _task_metadata,
@@ -79,6 +83,7 @@ __all__ = [
     "extract_task_differentials",
     "load_task_differentials",
     "summarise_run",
+    "recompute_differential",
     "summarise_module_spaces",
     "load_gradient_spaces",
     "load_differential_stats",

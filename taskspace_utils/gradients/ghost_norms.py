@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..encoding import pad_token_id, prefix_token_id
-from ..models import eval_mode
+from ..models import accumulation_dtype, eval_mode, model_dtype
 from ..padded import (
     DEFAULT_BATCH_TOKENS,
     batches_by_tokens,
@@ -106,9 +106,11 @@ class _GhostNorms:
         output.register_hook(lambda g, module=module, x=x, pair=pair: self._accumulate(module, x, g, pair))
 
     def _accumulate(self, module, x, g, pair):
-        # Gram matrices in the model's dtype (float32 for usual models), sums in float64
+        # Gram matrices in float32 at least (a bf16 model's activations and output gradients are
+        # upcast first: a bf16 Gram would round every entry to 8 mantissa bits), sums in float64
         n = self.sq.shape[0]
-        g = _by_pair(g.detach().reshape(-1, g.shape[-1]), pair, n)  # [P, T, d_out]
+        wide = accumulation_dtype(g.dtype)
+        g = _by_pair(g.detach().reshape(-1, g.shape[-1]).to(wide), pair, n)  # [P, T, d_out]
         gram_g = g @ g.transpose(1, 2)
         if isinstance(module, torch.nn.Embedding):
             ids = _by_pair(x.reshape(-1, 1), pair, n)[..., 0]  # [P, T] (padding slots: grad 0)
@@ -119,13 +121,13 @@ class _GhostNorms:
                 self.sq += (gram_g * same).double().sum((1, 2))
             return
         if isinstance(module, torch.nn.LayerNorm):
-            xf = x.reshape(-1, x.shape[-1])
+            xf = x.reshape(-1, x.shape[-1]).to(wide)
             xhat = (xf - xf.mean(-1, keepdim=True)) / torch.sqrt(xf.var(-1, unbiased=False, keepdim=True) + module.eps)
             xhat = _by_pair(xhat, pair, n)
             if module.weight is not None and module.weight.requires_grad:
                 self.sq += (g * xhat).sum(1).double().pow(2).sum(1)
         else:  # Linear
-            a = _by_pair(x.reshape(-1, x.shape[-1]), pair, n)
+            a = _by_pair(x.reshape(-1, x.shape[-1]).to(wide), pair, n)
             if module.weight.requires_grad:
                 self.sq += ((a @ a.transpose(1, 2)) * gram_g).double().sum((1, 2))
         if module.bias is not None and module.bias.requires_grad:
@@ -153,8 +155,9 @@ def pair_differential_norms(
     unchanged.
 
     Returns:
-        ``({name: tensor}, norms)`` - the *sum* over kept pairs (divide by their number for ``D``)
-        and a float64 array ``[len(pairs)]``.
+        ``({name: tensor}, norms)`` - the *sum* over kept pairs (divide by their number for
+        ``D``; accumulated and returned in float32 for a bf16/fp16 model, else in the parameter
+        dtype) and a float64 array ``[len(pairs)]``.
     """
     if not _GhostNorms.supports(model):
         raise NotImplementedError("pair_differential_norms: model has parameters outside Linear/Embedding/LayerNorm "
@@ -166,9 +169,9 @@ def pair_differential_norms(
                       "pair(s) have no critical tokens and are skipped (norm NaN)", stacklevel=2)
     params = _trainable(model)
     device = params[0][1].device
-    dtype = params[0][1].dtype
+    dtype = accumulation_dtype(model_dtype(model))  # token weights +-1 and the sums: float32 at least
     prefix, pad = prefix_token_id(tokenizer), pad_token_id(tokenizer)
-    total = {n: torch.zeros_like(p) for n, p in params}
+    total = {n: torch.zeros_like(p, dtype=accumulation_dtype(p.dtype)) for n, p in params}
     norms = np.full(len(excluded), np.nan)
     lengths = np.array([max(len(good_ids[i]), len(bad_ids[i])) for i in keep])
     batches = [keep[b] for b in batches_by_tokens(lengths, None, max(1, batch_tokens // 2))]

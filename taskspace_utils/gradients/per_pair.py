@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..encoding import pad_token_id, prefix_token_id
-from ..models import eval_mode
+from ..models import accumulation_dtype, eval_mode
 from ..padded import collate_token_ids, token_logprob_sums
 from .differentials import _pair_spans, _row_weights, _trainable
 
@@ -196,7 +196,8 @@ def pair_differential_stats(
     Returns:
         dict with ``positions`` (kept pair positions), ``n_pairs``, ``mean`` (``{name: tensor}``:
         equals :func:`~.differentials.task_differential` up to rounding), ``norms`` (``[N]``
-        float64, ``||d_i||``), ``mean_norm``, ``norm_of_mean``, ``group_means``
+        float64, ``||d_i||``), ``mean_norm``, ``norm_of_mean``, ``group_means`` (means summed in
+        float64, returned in the parameter dtype, float32 for a bf16/fp16 model),
         (``{label: {name: tensor}}``), ``group_sizes`` and ``sketches`` (``[N, dim]`` or ``None``).
     """
     params = _trainable(model)
@@ -230,7 +231,7 @@ def pair_differential_stats(
     n = int(sum(len(p) for p in positions_all))
     if n == 0:
         raise ValueError("pair_differential_stats: no pairs (all excluded or none given)")
-    dtypes = {name: p.dtype for name, p in params}
+    dtypes = {name: accumulation_dtype(p.dtype) for name, p in params}  # bf16 model: float32 means
     mean = {name: (t / n).to(dtypes[name]) for name, t in acc.items()}
     norm_of_mean = math.sqrt(sum(float((t / n).pow(2).sum()) for t in acc.values()))
     norms_arr = np.concatenate(norms)

@@ -10,10 +10,22 @@ and the split-half cosine ``cos(D_t^(0), D_t^(1))`` of two seeded random halves 
 says. Then, over all task files of the folder: the statistics table, the gradient space (whole
 model and per module, :mod:`.space`) and the mask-overlap space (:mod:`.subnetworks`). The files
 and their metadata are described in :mod:`.store`; a run is resumable task by task.
+
+What is kept per task (``GradientConfig.store``): ``"summary"`` (default) keeps the top entries of
+``D_t`` (:mod:`.summary`: every top-k mask with ``k <= top_k`` is exact) and the gradient space is
+computed from the differentials while they are in memory (``gram.safetensors``; a task no longer in
+memory is recomputed by :func:`recompute_differential`); ``"full"`` keeps every ``D_t`` in float32.
+Disk per unit (T tasks, P parameters in n tensors): summary ``T (8 top_k P + 280 n) + 8 n T (T + 1)``
+bytes (entries, headers, ``gram.safetensors``), full ``4 T P``; measured on ``tiny-s`` (67 tasks,
+top_k = 1 %): 19.2 MB vs. 776 MB; ``tiny-l`` 47 MB vs. 2.2 GB, Pythia-410m 2.2 GB vs. 109 GB by the
+formula. Peak memory of the summary pass: the model and its backward, plus the differentials it
+holds for the gradient space (``min(T, memory budget / 4P)`` of ``4 P`` bytes) and one stacked
+tensor of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -34,16 +46,17 @@ from ..results import (
     atomic_save_safetensors,
     atomic_write_csv,
     atomic_write_parquet,
-    ensure_run_config,
 )
 from .differentials import _trainable, task_differential
 from .ghost_norms import _GhostNorms, pair_differential_norms
 from .per_pair import ParameterSketch, pair_differential_stats
 from .space import METRICS, _grams, _spaces_from_grams, module_groups
-from .store import _pairs_sha, _task_file, _task_metadata, modules_to_long
+from ..models import dtype_identity
+from .store import _pairs_sha, _task_file, _task_metadata, ensure_stage_config, modules_to_long
 from .subnetworks import pack_masks, packed_jaccard_space, subnetwork_masks
+from .summary import STORES, default_memory_bytes, dense_from_summary, gram_pass, load_grams, save_grams, top_entries
 
-__all__ = ["GradientConfig", "extract_task_differentials", "summarise_run"]
+__all__ = ["GradientConfig", "extract_task_differentials", "summarise_run", "recompute_differential"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +93,11 @@ class GradientConfig:
             loop above (``benchmarks/bench_gradients.py``).
         projection_dim: with ``per_pair``, also save a ``[N, projection_dim]`` CountSketch of the
             per-pair differentials per task (``0``: none).
+        store: what each task file keeps: ``"summary"`` (default) the top entries of ``D_t`` at the
+            fraction ``top_k`` (in the ``per_module`` mode; :mod:`.summary`), enough for every mask
+            with ``k <= top_k``, the gradient space being computed before the vectors are dropped;
+            ``"full"`` every entry in float32 (opt-in: ``T x P x 4`` bytes per unit).
+        top_k: the fraction a summary keeps (``None``: ``k``; at least ``k``): the largest FTGD ``k`` of notebook 04.
     """
 
     model: str = "tiny-m"
@@ -93,6 +111,8 @@ class GradientConfig:
     per_pair: bool = True
     per_pair_method: str = "auto"
     projection_dim: int = 0
+    store: str = "summary"
+    top_k: float | None = None
 
     def __post_init__(self):
         check_variant(self.variant)
@@ -106,6 +126,15 @@ class GradientConfig:
             raise ValueError("per_pair_method='ghost' gives per-pair norms only; a projection needs 'vmap' or 'loop'")
         if int(self.n_train) < 1:
             raise ValueError(f"n_train={self.n_train!r}: need at least one training pair per task")
+        if self.store not in STORES:
+            raise ValueError(f"store={self.store!r}: use one of {STORES}")
+        if self.top_k is not None and not float(self.k) <= float(self.top_k) <= 1.0:
+            raise ValueError(f"top_k={self.top_k!r}: a fraction in [k, 1] (k={self.k})")
+
+    @property
+    def kept_fraction(self) -> float:
+        """The fraction of entries a summary keeps: ``top_k``, else ``k``."""
+        return float(self.k if self.top_k is None else self.top_k)
 
 
 def _train_pairs(pairs: pd.DataFrame, config: GradientConfig) -> pd.DataFrame:
@@ -205,6 +234,19 @@ def _compute_task(model, tokenizer, task: str, frame: pd.DataFrame, config: Grad
     return mean, stats, excluded, sketches
 
 
+def recompute_differential(model, tokenizer, frame: pd.DataFrame, config: GradientConfig) -> dict[str, torch.Tensor]:
+    """``D_t`` of one task's pairs ``frame`` (the rows the stage averaged, e.g. a group of
+    :func:`_train_pairs`) again, as :func:`extract_task_differentials` computed it: the same
+    function on the same batches, so bit for bit the stored ``D_t`` on the same model, device and
+    threads when the stage used ghost norms (the default for GPT-NeoX/GPT-2/Llama-style models) or
+    ``per_pair=False``; with per-pair vmap/loop the two halves are taken by batched backward
+    instead (equal to float rounding, ~1e-7 relative in float32). One batched backward pass over
+    the pairs (two halves), plus the ghost norms' cheap per-pair sums when the stage used them."""
+    ghost = config.per_pair and config.per_pair_method in ("auto", "ghost") and _GhostNorms.supports(model)
+    again = dataclasses.replace(config, per_pair=ghost, per_pair_method="ghost" if ghost else "auto", projection_dim=0)
+    return _compute_task(model, tokenizer, str(frame["task"].iloc[0]), frame, again, None, False)[0]
+
+
 def extract_task_differentials(
     model,
     tokenizer,
@@ -213,6 +255,7 @@ def extract_task_differentials(
     config: GradientConfig | None = None,
     tasks: Sequence[str] | None = None,
     progress: bool | None = None,
+    memory_gb: float | None = None,
 ) -> pd.DataFrame:
     """Task differentials of every task to ``out_dir``, resumable; returns the statistics frame.
 
@@ -232,10 +275,15 @@ def extract_task_differentials(
     ``task_space_gradient.csv`` (the ``config.metric`` space), ``task_space_gradient_modules.parquet``
     (long format: module, task, other, value) and ``mask_overlap.csv`` (Jaccard of
     ``M_t(config.k)``).
+
+    With ``config.store="summary"`` a task file holds the top entries of ``D_t`` (:mod:`.summary`)
+    and the metadata ``summary`` (``top_k``, ``per_module``, ``shapes``); the differentials
+    computed here stay in memory, up to ``memory_gb`` (default: half the available memory), for
+    ``gram.safetensors``; the others are recomputed (:func:`recompute_differential`).
     """
     config = config if config is not None else GradientConfig()
     out_dir = Path(out_dir)
-    ensure_run_config(out_dir, config)
+    ensure_stage_config(out_dir, config, dtype_identity(model))
     train = _train_pairs(pairs.pairs if isinstance(pairs, EncodedPairs) else pairs, config)
     all_tasks = sorted(train["task"].unique())
     if tasks is not None:
@@ -248,6 +296,9 @@ def extract_task_differentials(
     if config.per_pair and config.projection_dim:
         sketch = ParameterSketch({n: p.shape for n, p in params}, config.projection_dim, config.seed)
     by_task = {t: g for t, g in train.groupby("task", sort=True)}
+    task_bytes = sum(p.numel() * p.element_size() for _, p in params)
+    budget = None if memory_gb is None else int(float(memory_gb) * 2**30)
+    cache = {}
     for task in tqdm(all_tasks, desc="task differentials", unit="task", disable=progress is False):
         frame = by_task[task]
         path = _task_file(out_dir, task)
@@ -261,16 +312,34 @@ def extract_task_differentials(
         if sketches is not None:
             atomic_save_safetensors(out_dir / "sketches" / f"{task}.safetensors", {"sketch": sketches},
                                     metadata={"task": task, "pairs_sha": sha, "config": config})
-        atomic_save_safetensors(path, mean, metadata={
-            "task": task, "config": config, "pairs_sha": sha, "stats": stats, "excluded_pair_ids": excluded,
-        })  # fmt: skip
-    return summarise_run(out_dir, config, progress)
+        metadata = {"task": task, "config": config, "pairs_sha": sha, "stats": stats, "excluded_pair_ids": excluded}
+        if config.store == "full":
+            atomic_save_safetensors(path, mean, metadata=metadata)
+            continue
+        metadata["summary"] = {"top_k": config.kept_fraction, "per_module": bool(config.per_module),
+                               "shapes": {n: list(t.shape) for n, t in mean.items()}}
+        atomic_save_safetensors(path, top_entries(mean, config.kept_fraction, config.per_module), metadata=metadata)
+        if (len(cache) + 1) * task_bytes <= (budget if budget is not None else default_memory_bytes()):
+            cache[task] = {n: t.detach().cpu() for n, t in mean.items()}
+        del mean
+    recompute = None
+    if config.store == "summary":
+        def recompute(task):
+            if task not in by_task:
+                raise KeyError(f"{out_dir}: task {task!r} has a file but no training pairs in `pairs`; pass its pairs")
+            return recompute_differential(model, tokenizer, by_task[task], config)
+    return summarise_run(out_dir, config, progress, _recompute=recompute, _cache=cache, _memory=budget, _task_bytes=task_bytes)
 
 
-def summarise_run(out_dir, config: GradientConfig | None = None, progress: bool | None = None) -> pd.DataFrame:
+def summarise_run(out_dir, config: GradientConfig | None = None, progress: bool | None = None, *,
+                  _recompute=None, _cache=None, _memory=None, _task_bytes=None) -> pd.DataFrame:
     """(Re)write the run's tables from its ``differentials/*.safetensors``: statistics, the gradient
-    space and the mask-overlap space, each for the whole model and per module. Streams one parameter tensor of
-    all tasks at a time, so the folder may hold more than fits in memory."""
+    space and the mask-overlap space, each for the whole model and per module. Full files are
+    streamed one parameter tensor of all tasks at a time, so the folder may hold more than fits in
+    memory. Summary files (``store="summary"``) give the masks from their top entries and the
+    gradient space from ``gram.safetensors``; when that does not hold exactly these tasks (a resumed
+    or extended run) it is recomputed, which needs the model (called from
+    :func:`extract_task_differentials`)."""
     from safetensors import safe_open
 
     out_dir = Path(out_dir)
@@ -284,10 +353,32 @@ def summarise_run(out_dir, config: GradientConfig | None = None, progress: bool 
     stats = pd.DataFrame([m["stats"] for m in metas]).set_index("task")
     atomic_write_parquet(out_dir / "differential_stats.parquet", stats)
     handles = [safe_open(str(f), framework="pt") for f in files]
-    names = list(handles[0].keys())
+    kinds = {bool(m.get("summary")) for m in metas}
+    if len(kinds) > 1:
+        raise ConfigMismatchError(f"{out_dir}/differentials mixes summary and full task files")
+    if kinds == {True}:
+        names = sorted(metas[0]["summary"]["shapes"])  # the order of a full file's keys
+        shapes = {n: metas[0]["summary"]["shapes"][n] for n in names}
+        shas = [m["pairs_sha"] for m in metas]
+        found = load_grams(out_dir, tasks, shas)
+        if found is None:
+            if _recompute is None:
+                raise ValueError(f"{out_dir}: summary files without a gram.safetensors of these {len(tasks)} tasks; "
+                                 "rerun extract_task_differentials (it recomputes the differentials it needs)")
+            found = gram_pass(tasks, names, dict(_cache or {}), _recompute, _task_bytes or 4 * sum(
+                int(np.prod(s)) for s in shapes.values()), _memory, progress)
+            save_grams(out_dir, tasks, shas, *found)
+        grams, sums, counts = found
 
-    grams, sums, counts = _grams(lambda n: torch.stack([h.get_tensor(n).reshape(-1) for h in handles]), names,
-                                 config.metric, "gradient space", progress)
+        def task_tensors(handle):
+            return dense_from_summary({n: handle.get_tensor(n) for n in handle.keys()}, shapes)
+    else:
+        names = list(handles[0].keys())
+        grams, sums, counts = _grams(lambda n: torch.stack([h.get_tensor(n).reshape(-1) for h in handles]), names,
+                                     config.metric, "gradient space", progress)
+
+        def task_tensors(handle):
+            return {n: handle.get_tensor(n) for n in names}
     space = _spaces_from_grams(grams, sums, counts, names, tasks, config.metric, "model")
     atomic_write_csv(out_dir / "task_space_gradient.csv", space)
     modules = _spaces_from_grams(grams, sums, counts, names, tasks, config.metric, "module")
@@ -299,7 +390,7 @@ def summarise_run(out_dir, config: GradientConfig | None = None, progress: bool 
     packed, packed_modules = {}, {m: {} for m in by_module}
     show = len(tasks) >= 20 if progress is None else bool(progress)
     for task, handle in zip(tqdm(tasks, desc="masks", unit="task", disable=not show, leave=False), handles):
-        masks = subnetwork_masks({n: handle.get_tensor(n) for n in names}, config.k, config.per_module)
+        masks = subnetwork_masks(task_tensors(handle), config.k, config.per_module)
         packed[task] = pack_masks(masks, names)
         for module, module_names in by_module.items():
             packed_modules[module][task] = pack_masks(masks, module_names)

@@ -4,8 +4,13 @@ Layout of a run folder (written by :func:`~.stage.extract_task_differentials` an
 :func:`~.stage.summarise_run`)::
 
     config.json                           the GradientConfig (ensure_run_config: one config per folder)
-    differentials/<task>.safetensors      D_t, one tensor per parameter; metadata (JSON values):
-                                          task, config, pairs_sha, stats, excluded_pair_ids
+    differentials/<task>.safetensors      store="full": D_t, one tensor per parameter;
+                                          store="summary" (default): per parameter <name> the values and
+                                          <name>:indices the int32 flat indices of D_t's top entries
+                                          (.summary); metadata (JSON values): task, config, pairs_sha,
+                                          stats, excluded_pair_ids, and for a summary
+                                          summary = {top_k, per_module, shapes}
+    gram.safetensors                      store="summary": per-parameter Gram matrices of the D_t
     sketches/<task>.safetensors           "sketch": [N, projection_dim] (only with projection_dim)
     differential_stats.parquet            one row per task (n_pairs, n_excluded, norm_of_mean, ...)
     task_space_gradient.csv               the config.metric space, tasks x tasks
@@ -19,7 +24,6 @@ hash and refuses one computed from other pairs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -27,17 +31,19 @@ from typing import Mapping, Sequence
 import pandas as pd
 import torch
 
+from ..encoding import pairs_hash
 from ..layout import task_file_stem
+from ..results import ConfigMismatchError, ensure_run_config, read_json, to_jsonable
 from .space import _module_order
 
-__all__ = ["load_task_differentials", "load_gradient_spaces", "load_differential_stats", "modules_to_long"]
+__all__ = ["load_task_differentials", "load_gradient_spaces", "load_differential_stats", "modules_to_long",
+           "ensure_stage_config"]
 
 
 def _pairs_sha(frame: pd.DataFrame) -> str:
-    """16 hex digits of ``sha256`` over the rows' ``good<TAB>bad`` lines (no task column: the key
-    stored in every task file's metadata; :func:`taskspace_utils.encoding.pairs_hash` differs)."""
-    text = "\n".join(f"{g}\t{b}" for g, b in zip(frame["good"].astype(str), frame["bad"].astype(str)))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    """The key stored in every task file's metadata: :func:`taskspace_utils.encoding.pairs_hash`
+    without the task column."""
+    return pairs_hash(frame, with_task=False)
 
 
 def _task_file(out_dir: Path, task: str) -> Path:
@@ -54,25 +60,49 @@ def _task_metadata(path: Path) -> dict:
     return {k: json.loads(v) for k, v in meta.items()}
 
 
+def ensure_stage_config(out_dir: Path, config, extra: dict | None = None) -> None:
+    """:func:`~taskspace_utils.results.ensure_run_config` for a :class:`~.stage.GradientConfig`
+    (with ``extra`` keys, e.g. :func:`taskspace_utils.models.dtype_identity` of the model), also for
+    folders written before ``store``/``top_k`` existed (full differentials): such a folder takes
+    ``store="full"``, ``top_k=None`` and otherwise the same config."""
+    path = out_dir / "config.json"
+    found = read_json(path) if path.exists() else None
+    if isinstance(found, dict) and "store" not in found:
+        wanted = {k: v for k, v in {**to_jsonable(config), **(extra or {})}.items() if k not in ("store", "top_k")}
+        if config.store != "full" or config.top_k is not None:
+            raise ConfigMismatchError(f"{path}: a folder of full differentials written before GradientConfig.store "
+                                      "existed; resume it with store='full' or use another folder")
+        if json.dumps(found, sort_keys=True) != json.dumps(wanted, sort_keys=True):
+            raise ConfigMismatchError(f"{path} holds results of a different config; use another output folder")
+        return
+    ensure_run_config(out_dir, {**to_jsonable(config), **(extra or {})})
+
+
 def load_task_differentials(out_dir, tasks: Sequence[str] | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """``{task: {name: tensor}}`` from a run folder (all tasks, or ``tasks`` in the given order).
 
     Memory: ``n_tasks x P`` entries (67 tasks of an 8M-parameter model: 2.2 GB in float32); for
-    the spaces prefer the tables :func:`~.stage.extract_task_differentials` wrote."""
+    the spaces prefer the tables :func:`~.stage.extract_task_differentials` wrote. Only folders
+    of ``store="full"`` hold the differentials; a summary file raises ``ValueError`` (recompute one
+    with :func:`~.stage.recompute_differential`, or read it through
+    :func:`taskspace_utils.probing.differential_store`)."""
     from safetensors.torch import load_file
 
     out_dir = Path(out_dir)
     if tasks is None:
-        files = sorted((out_dir / "differentials").glob("*.safetensors"))
-        if not files:
+        paths = sorted((out_dir / "differentials").glob("*.safetensors"))
+        if not paths:
             raise FileNotFoundError(f"{out_dir}: no differentials/*.safetensors")
-        return {f.stem: load_file(str(f)) for f in files}
+    else:
+        paths = [_task_file(out_dir, task) for task in tasks]
     out = {}
-    for task in tasks:
-        path = _task_file(out_dir, task)
+    for path in paths:
         if not path.exists():
-            raise FileNotFoundError(f"{path}: no differential for task {task!r} (not extracted yet?)")
-        out[task] = load_file(str(path))
+            raise FileNotFoundError(f"{path}: no differential for task {path.stem!r} (not extracted yet?)")
+        if _task_metadata(path).get("summary"):
+            raise ValueError(f"{path}: holds the top entries of D_t only (GradientConfig.store='summary'); "
+                             "extract with store='full' to keep whole differentials")
+        out[path.stem] = load_file(str(path))
     return out
 
 

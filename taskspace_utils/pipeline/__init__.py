@@ -30,12 +30,18 @@ Modules, in the order of a run
 - :mod:`.runner`: :func:`run` (suite build, units on the local or Dask executor, progress lines,
   comparison) -> :class:`RunSummary`.
 - :mod:`.describe`: :func:`describe_plan`, the text of ``--dry-run``.
+
+Around them: :mod:`.parameters` (what each notebook parameter accepts: :data:`RULES`),
+:mod:`.validate` (model specs, data sources and task names, checked while planning, with "did you
+mean"), :mod:`.estimate` (time and disk per unit for the dry run), :mod:`.progress` (cell progress,
+streamed kernel output, IPC kernels) and :mod:`.dask_runner` (the Dask executor's progress events).
 """
 
 from __future__ import annotations
 
 from .describe import describe_plan
 from .execution import Failure, RunSummary, UnitResult, execute_notebook, execute_unit
+from .estimate import describe_estimate
 from .notebooks import (
     FIRST_COMPARISON_NUMBER,
     NOTEBOOK_PATTERN,
@@ -43,17 +49,20 @@ from .notebooks import (
     declared_parameters,
     discover_notebooks,
 )
+from .parameters import RULES, check_value
 from .plan import RUNNER_PARAMETERS, NotebookJob, Plan, SuiteBuild, Unit, build_plan
 from .profiles import SYMBOLIC_REVISIONS, Overrides, PlanError, load_profiles, parse_set
 from .report import REPORT
 from .resume import RUN_RECORD, UNIT_RECORD, pending_notebooks
 from .revisions import resolve_revisions, resolve_suite_revision
 from .runner import run
+from .validate import did_you_mean, model_kind, source_tasks
 
 __all__ = [
     "PlanError", "Overrides", "NotebookJob", "Unit", "SuiteBuild", "Plan", "Failure", "UnitResult", "RunSummary",
     "discover_notebooks", "declared_parameters", "load_profiles", "parse_set", "build_plan", "resolve_revisions",
     "resolve_suite_revision", "pending_notebooks", "describe_plan", "execute_notebook", "execute_unit", "run",
     "NOTEBOOK_PATTERN", "SUITE_NUMBER", "FIRST_COMPARISON_NUMBER", "RUNNER_PARAMETERS", "SYMBOLIC_REVISIONS",
-    "UNIT_RECORD", "RUN_RECORD", "REPORT",
+    "UNIT_RECORD", "RUN_RECORD", "REPORT", "RULES", "check_value", "did_you_mean", "model_kind", "source_tasks",
+    "describe_estimate",
 ]

@@ -2,7 +2,9 @@
 
 It lists the notebooks with their roles, the suite state, every unit with what is pending (suite
 units are resolved when their sizes are built, so their hashes can be compared with the unit
-records), the parameters each notebook gets, the comparison and the planning notes.
+records), the parameters each notebook gets, the comparison, the planning notes, the checks made
+while planning (:mod:`.validate`, :mod:`.parameters`) and an estimate of time and disk per unit
+(:mod:`.estimate`).
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import json
 
 from ..results import to_jsonable
+from .estimate import describe_estimate
 from .notebooks import FIRST_COMPARISON_NUMBER, SUITE_NUMBER, stage_number
 from .plan import Plan
 from .report import REPORT
 from .resume import pending_notebooks
 from .revisions import resolve_revisions
+from .validate import source_tasks
 
 __all__ = ["describe_plan"]
 
@@ -73,4 +77,7 @@ def describe_plan(plan: Plan) -> str:
         lines.append(f"comparison: {', '.join(j.name for j in plan.comparison)} over all complete units -> "
                      f"{plan.run_dir / REPORT}")
     lines += [f"note: {n}" for n in plan.notes]
+    lines.append("checks passed:")
+    lines += [f"  {c}" for c in plan.checks]
+    lines += describe_estimate(plan, len(source_tasks(plan.data_source, "data")))
     return "\n".join(lines)

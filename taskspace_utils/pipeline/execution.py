@@ -93,15 +93,20 @@ def environment(env: dict[str, str]):
 
 
 def execute_notebook(source: str | os.PathLike, target: str | os.PathLike, parameters: dict, *, cwd: str | os.PathLike,
-                     kernel: str = "python3", execution_timeout: int | None = None) -> Path:
+                     kernel: str = "python3", execution_timeout: int | None = None, label: str | None = None,
+                     on_output: Callable[[str], None] | None = None) -> Path:
     """Execute ``source`` with papermill into ``target``, atomically.
 
     Papermill writes to the hidden ``.<stem>.running.ipynb`` beside ``target``; on success it is
     renamed to ``target`` (a stale ``<stem>.failed.ipynb`` is removed), on failure to
     ``<stem>.failed.ipynb`` and the exception (``PapermillExecutionError`` for a cell that
-    raised) propagates.
+    raised) propagates. The kernel runs over IPC sockets (:mod:`.progress`); with ``label``,
+    cell progress is shown on stdout (:class:`~.progress.CellReporter`); ``on_output(line)``
+    receives the kernel's output lines as they come.
     """
     import papermill as pm
+
+    from .progress import CellReporter, register_engine
 
     # papermill warns about parameters its line parser misses (a comment holding "="); the
     # runner passes only declared parameters (comments cut off first), so these warnings are noise.
@@ -110,13 +115,25 @@ def execute_notebook(source: str | os.PathLike, target: str | os.PathLike, param
     target.parent.mkdir(parents=True, exist_ok=True)
     running = target.with_name(f".{target.stem}.running.ipynb")
     failed = target.with_name(f"{target.stem}.failed.ipynb")
+    reporter = CellReporter(label) if label else None
+    if on_output is not None and reporter is not None:
+        forward = on_output
+
+        def on_output(line: str) -> None:  # the output line replaces the updating cell line
+            reporter.clear()
+            forward(line)
     try:
         pm.execute_notebook(str(source), str(running), parameters=to_jsonable(parameters), kernel_name=kernel,
-                            cwd=str(cwd), progress_bar=False, log_output=False, execution_timeout=execution_timeout)
+                            cwd=str(cwd), progress_bar=False, log_output=False, execution_timeout=execution_timeout,
+                            engine_name=register_engine(), on_cell=reporter.cell if reporter else None,
+                            on_output=on_output)
     except BaseException:
         if running.exists():
             os.replace(running, failed)
         raise
+    finally:
+        if reporter:
+            reporter.close()
     os.replace(running, target)
     with contextlib.suppress(FileNotFoundError):
         failed.unlink()
@@ -145,14 +162,17 @@ def now() -> str:
 
 def execute_unit(unit: Unit, notebooks: dict[str, Path], *, cwd: str | os.PathLike, kernel: str = "python3",
                  execution_timeout: int | None = None, env: dict[str, str] | None = None,
-                 on_notebook: Callable[[str, str, str, float], None] | None = None) -> UnitResult:
+                 on_notebook: Callable[[str, str, str, float], None] | None = None,
+                 on_start: Callable[[str, str], None] | None = None, cell_progress: bool = True) -> UnitResult:
     """Execute the pending notebooks of ``unit`` (:func:`pending_notebooks`) in order.
 
     ``unit.json`` is rewritten atomically before each notebook (status ``running`` with the list
     of files present, so a kill can be cleaned up) and after it (``ok`` or ``failed``, seconds,
     parameters, the files it created and changed). The unit stops at the first failure.
-    ``on_notebook(unit, stem, status, seconds)`` is called after each notebook. Runs in a Dask
-    worker as is (everything it needs is in its arguments).
+    ``on_notebook(unit, stem, status, seconds)`` is called after each notebook, ``on_start(unit,
+    worker)`` once before the first; ``cell_progress`` shows each notebook's cells on stdout
+    (:class:`~.progress.CellReporter`). Runs in a Dask worker as is (everything it needs is in its
+    arguments).
     """
     folder = unit.out_dir
     folder.mkdir(parents=True, exist_ok=True)
@@ -160,6 +180,8 @@ def execute_unit(unit: Unit, notebooks: dict[str, Path], *, cwd: str | os.PathLi
     worker = f"{socket.gethostname()}:{os.getpid()}"
     done: list[tuple[str, str, float]] = []
     failure = None
+    if on_start:
+        on_start(unit.name, worker)
     with environment(env or {}):
         record = read_record(folder, UNIT_RECORD)
         pending = pending_notebooks(unit, record)
@@ -176,7 +198,8 @@ def execute_unit(unit: Unit, notebooks: dict[str, Path], *, cwd: str | os.PathLi
             start = time.monotonic()
             try:
                 execute_notebook(notebooks[job.name], folder / f"{job.name}.ipynb", job.parameters, cwd=cwd,
-                                 kernel=kernel, execution_timeout=execution_timeout)
+                                 kernel=kernel, execution_timeout=execution_timeout,
+                                 label=f"{unit.name} {job.name}" if cell_progress else None)
                 status = "ok"
             except Exception as err:  # noqa: BLE001 - every failure is reported, the run goes on
                 failure = failure_of(err, unit.name, job.name, folder / f"{job.name}.failed.ipynb")

@@ -10,16 +10,16 @@ passed to it (:func:`declared_parameters`).
 
 from __future__ import annotations
 
-import io
+import ast
+import json
 import os
 import re
-import tokenize
 from pathlib import Path
 
 from .profiles import PlanError
 
 __all__ = ["NOTEBOOK_PATTERN", "SUITE_NUMBER", "FIRST_COMPARISON_NUMBER", "discover_notebooks", "stage_number",
-           "notebook_key", "declared_parameters"]
+           "notebook_key", "declared_parameters", "read_cells"]
 
 #: Notebook files the runner executes: two digits, an underscore, a name.
 NOTEBOOK_PATTERN = re.compile(r"^(?P<number>\d\d)_[A-Za-z0-9_-]+$")
@@ -62,39 +62,47 @@ def notebook_key(key: str, notebooks: dict[str, Path], what: str) -> str | None:
     return None
 
 
-def _without_comments(source: str) -> str:
-    """``source`` with its ``#`` comments cut off (found by :mod:`tokenize`, so a ``#`` inside a
-    string stays); unchanged when it does not tokenize."""
-    lines = source.splitlines()
-    try:
-        comments = [t.start for t in tokenize.generate_tokens(io.StringIO(source).readline)
-                    if t.type == tokenize.COMMENT]
-    except (tokenize.TokenError, SyntaxError):
-        return source
-    for row, col in comments:
-        lines[row - 1] = lines[row - 1][:col].rstrip()
-    return "\n".join(lines)
+def read_cells(path: str | os.PathLike) -> list[dict]:
+    """The cells of a notebook file as plain dicts, ``source`` joined into one string.
+
+    Read as JSON rather than with :mod:`nbformat`: importing nbformat (and papermill, which imports
+    it) takes 1-3 s, and the plan is checked before any of that is needed. The joined source is
+    what ``nbformat.read(path, as_version=4)`` gives for the kit's (v4) notebooks."""
+    with open(path, encoding="utf-8") as handle:
+        notebook = json.load(handle)
+    if int(notebook.get("nbformat", 4)) != 4:
+        raise PlanError(f"{path}: nbformat {notebook.get('nbformat')} notebooks are not supported (expected 4)")
+    cells = []
+    for cell in notebook.get("cells", []):
+        source = cell.get("source", "")
+        cells.append({**cell, "source": "".join(source) if isinstance(source, list) else str(source)})
+    return cells
 
 
 def declared_parameters(path: str | os.PathLike) -> list[str] | None:
     """Names of the parameters declared in the notebook's ``parameters`` cell, in order (``None``:
     no such cell; then everything is passed).
 
-    Read by papermill's own inspection (the parser behind :func:`papermill.inspect_notebook`, which
-    also gives each parameter's type and default): one ``name = value`` or ``name: type = value``
-    per line, values over several lines grouped. Papermill skips a line holding a second ``=``, and
-    the kit's cells put ``=`` in comments (``tasks = None  # None = all tasks``), so the cell's
-    comments are cut off first; :func:`papermill.inspect_notebook` itself reads only from a path,
-    hence its parser is called on the cleaned cell. A chained ``a = b = 1`` or a string value
-    holding ``=`` is not read by papermill (none in the kit's notebooks; tested against an
-    :mod:`ast` reading of every notebook).
+    The names assigned at top level of the first code cell tagged ``parameters`` (``name = value``
+    or ``name: type = value``; a value may span lines), read with :mod:`ast`. A cell that does not
+    parse falls back to papermill's line parser (:meth:`papermill.translators.PythonTranslator.inspect`).
     """
-    import nbformat
-    from papermill.translators import PythonTranslator
-
-    notebook = nbformat.read(str(path), as_version=4)
-    cell = next((c for c in notebook.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])),
-                None)
+    cell = next((c for c in read_cells(path) if c.get("cell_type") == "code"
+                 and "parameters" in (c.get("metadata") or {}).get("tags", [])), None)
     if cell is None:
         return None
-    return list(dict.fromkeys(p.name for p in PythonTranslator.inspect({"source": _without_comments(cell.source)})))
+    try:
+        body = ast.parse(cell["source"]).body
+    except SyntaxError:
+        from papermill.translators import PythonTranslator
+
+        return list(dict.fromkeys(p.name for p in PythonTranslator.inspect({"source": cell["source"]})))
+    names: list[str] = []
+    for node in body:
+        targets = (node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign)
+                   else [])
+        for target in targets:
+            for name in ([target] if isinstance(target, ast.Name) else []):
+                if name.id not in names:
+                    names.append(name.id)
+    return names

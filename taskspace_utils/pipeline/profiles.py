@@ -8,8 +8,10 @@ notebooks}``). ``defaults`` is merged under every profile (``params``, ``noteboo
 
 Model kinds: a folder that exists is ``local`` (no revision), a suite name (``tiny-m``) is
 ``suite`` (revisions ``stepN`` or the symbolic ``final``/``mid``/``early``, default ``final``),
-anything else is a ``hub`` name (any revision, default none). ``--set NOTEBOOK.param=value``
-values are read as YAML (:func:`parse_set`).
+anything else is a ``hub`` name (any revision, default none); malformed names are refused
+(:func:`taskspace_utils.pipeline.validate.model_kind`). ``--set NOTEBOOK.param=value`` values are
+read as YAML (:func:`parse_set`); what each parameter accepts is the table of :mod:`.parameters`.
+A profile's ``data`` (a pairs file or folder) is resolved relative to the profile file.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ __all__ = ["PlanError", "Overrides", "load_profiles", "parse_set", "expand_model
 #: :func:`taskspace_utils.pipeline.revisions.resolve_suite_revision`.
 SYMBOLIC_REVISIONS = ("final", "mid", "early")
 #: Keys a profile (and ``defaults``) may hold.
-PROFILE_KEYS = {"description", "models", "revisions", "suite", "params", "notebooks", "kernel", "execution_timeout"}
+PROFILE_KEYS = {"description", "models", "revisions", "suite", "params", "notebooks", "kernel", "execution_timeout",
+                "data"}
 
 
 class PlanError(ValueError):
@@ -51,6 +54,9 @@ class Overrides:
     notebooks: per-unit notebooks to run (stems or two-digit prefixes); the comparison runs only
         when selected too; the suite build runs whenever the suite is missing.
     sets: ``(notebook key or "all", parameter, value)`` triples from ``--set``.
+    data: ``"blimp"`` or a path to the user's minimal pairs (CSV/JSONL file or folder): passed as
+        ``data_source`` to every notebook that declares it, with the file's tasks as ``tasks``
+        (unless ``tasks`` is given too); overrides the profile's ``data`` key.
     """
 
     models: list[str] | None = None
@@ -60,6 +66,7 @@ class Overrides:
     device: str | None = None
     notebooks: list[str] | None = None
     sets: list[tuple[str, str, Any]] = field(default_factory=list)
+    data: str | None = None
 
 
 def load_profiles(path: str | os.PathLike) -> dict:
@@ -77,13 +84,18 @@ def load_profiles(path: str | os.PathLike) -> dict:
     unknown = set(data) - {"defaults", "profiles", "anchors"}
     if unknown:
         raise PlanError(f"{path}: unknown top-level keys {sorted(unknown)} (expected defaults, profiles, anchors)")
+    from .validate import did_you_mean, resolve_data_source
+
     allowed = PROFILE_KEYS
     for name, profile in [("defaults", data.get("defaults") or {}), *data["profiles"].items()]:
         if not isinstance(profile, dict):
             raise PlanError(f"{path}: profile {name!r} must be a mapping")
         bad = set(profile) - allowed
         if bad:
-            raise PlanError(f"{path}: profile {name!r} has unknown keys {sorted(bad)}; allowed: {sorted(allowed)}")
+            hints = "".join(did_you_mean(b, allowed) for b in sorted(bad))
+            raise PlanError(f"{path}: profile {name!r} has unknown keys {sorted(bad)}{hints}; allowed: {sorted(allowed)}")
+        if profile.get("data") is not None:  # relative to the profile file, like its other paths
+            profile["data"] = resolve_data_source(profile["data"], base=path.parent)
     return data
 
 
@@ -121,14 +133,10 @@ def _split_entry(entry, profile_name: str) -> tuple[str, list | None, list | Non
                     "{model: name, revisions: [...], notebooks: [...]}")
 
 
-def _model_kind(name: str) -> str:
-    from ..models import SUITE_NAME_PATTERN
+def _model_kind(name: str, what: str) -> str:
+    from .validate import model_kind
 
-    if Path(name).expanduser().is_dir():
-        return "local"
-    if SUITE_NAME_PATTERN.match(name):
-        return "suite"
-    return "hub"
+    return model_kind(name, what)
 
 
 def _matches_size(name: str, size: str) -> bool:
@@ -154,7 +162,7 @@ def expand_models(profile: dict, name: str, overrides: Overrides) -> list[tuple[
     triples: list[tuple[str, str, str | None]] = []
     selections: dict[tuple[str, str, str | None], list | None] = {}
     for model, revisions, notebooks in entries:
-        kind = _model_kind(model)
+        kind = _model_kind(model, "--models" if overrides.models else f"profile {name!r}: models")
         if overrides.revisions:
             revisions = list(overrides.revisions)
         elif revisions is None:
@@ -166,6 +174,10 @@ def expand_models(profile: dict, name: str, overrides: Overrides) -> list[tuple[
                                 "revisions (final, mid, early) are for offline-suite models only")
             if kind == "local" and revision is not None:
                 raise PlanError(f"profile {name!r}: {model!r} is a local folder; it takes no revision")
+            if kind == "hub" and revision is not None:
+                from .validate import check_revision
+
+                check_revision(model, revision, "--revisions" if overrides.revisions else f"profile {name!r}")
             if kind == "suite" and not (revision in SYMBOLIC_REVISIONS or re.fullmatch(r"step\d+", revision or "")):
                 raise PlanError(f"profile {name!r}: revision {revision!r} of suite model {model!r}: expected "
                                 "stepN, final, mid or early")

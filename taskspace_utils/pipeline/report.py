@@ -1,10 +1,13 @@
 """The run-level comparison: the ``05_*`` (and later) notebooks over all complete units, and the report.
 
 After the units, each run-level notebook is executed once into ``<run>/<name>.ipynb`` with
-``run_dir`` and ``units`` (the complete units, in plan order); the first one is rendered to
-``<run>/report.html`` (:data:`REPORT`), the others to ``<run>/<name>.html``, with nbconvert. Its
-resume hash (:func:`taskspace_utils.pipeline.resume.comparison_hash`) and status are kept in
-``<run>/run.json``: an up-to-date comparison is not executed again.
+``run_dir`` and ``units`` (the complete units, in plan order) and kept there as the interactive
+view. After the first one, the report ``<run>/report.html`` (:data:`REPORT`) is written by
+:func:`taskspace_utils.reporting.write_report` from the tables that notebook wrote to
+``<run>/comparison/`` (a page without code, not a converted notebook); the later notebooks are
+rendered to ``<run>/<name>.html`` with nbconvert. Each notebook's resume hash
+(:func:`taskspace_utils.pipeline.resume.comparison_hash`) and status are kept in ``<run>/run.json``:
+an up-to-date comparison is not executed again.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ REPORT = "report.html"
 
 
 def run_comparison(plan: Plan, summary: RunSummary, log: Callable[[str], None]) -> None:
-    """Execute the run-level notebooks over the complete units; HTML report of the first one."""
+    """Execute the run-level notebooks over the complete units; the report after the first one."""
     if not plan.comparison:
         absent = not any(stage_number(s) >= FIRST_COMPARISON_NUMBER for s in plan.notebooks)
         log("comparison: no 05_* notebook in " + str(plan.notebooks_dir) + ": skipped (no report)" if absent
@@ -54,8 +57,15 @@ def run_comparison(plan: Plan, summary: RunSummary, log: Callable[[str], None]) 
         start = time.monotonic()
         try:
             execute_notebook(plan.notebooks[job.name], target, job.parameters, cwd=plan.notebooks_dir,
-                             kernel=plan.kernel, execution_timeout=plan.execution_timeout)
-            write_html(target, html)
+                             kernel=plan.kernel, execution_timeout=plan.execution_timeout,
+                             label=f"comparison {job.name}")
+            if index == 0:
+                from ..reporting import write_report  # matplotlib and scipy only when a report is written
+
+                log(f"comparison: {job.name} executed; writing the report")
+                write_report(plan.run_dir, units=[u.name for u in complete], path=html)
+            else:
+                write_html(target, html)
         except Exception as err:  # noqa: BLE001
             failure = failure_of(err, "comparison", job.name, plan.run_dir / f"{job.name}.failed.ipynb")
             summary.failures.append(failure)

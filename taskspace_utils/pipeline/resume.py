@@ -42,10 +42,9 @@ RUN_RECORD = "run.json"
 
 def code_hash(path: Path) -> str:
     """SHA-256 (12 hex) of the code cells' sources: outputs and metadata do not count."""
-    import nbformat
+    from .notebooks import read_cells
 
-    notebook = nbformat.read(str(path), as_version=4)
-    text = "\n\x00".join(c.source for c in notebook.cells if c.cell_type == "code")
+    text = "\n\x00".join(c["source"] for c in read_cells(path) if c.get("cell_type") == "code")
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 

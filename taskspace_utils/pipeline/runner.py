@@ -6,26 +6,31 @@ others with :func:`~taskspace_utils.pipeline.execution.execute_unit` (``executor
 after another in this process; ``"dask"``: one task per unit on a Dask cluster), and finally the
 comparison (:func:`~taskspace_utils.pipeline.report.run_comparison`).
 
-Progress is one line per finished notebook (:class:`Progress`, counted and timed by tqdm)::
+Progress is one line per finished notebook (:class:`Progress`, counted and timed by tqdm; under
+Dask as each notebook finishes on its worker, :mod:`.dask_runner`)::
 
     [k/N] <unit> <notebook> <status> <its time> | elapsed <since the start> | eta <remaining>
 
 Times are tqdm's ``[h:]mm:ss``. The estimate of the remaining time is tqdm's: the notebooks still
 to run times the mean wall time per finished notebook so far (``smoothing=0``), so parallel Dask
 workers are accounted for; ``?`` before the first one finishes. A failed notebook drops the rest
-of its unit from the count (they will not run).
+of its unit from the count (they will not run). While a notebook runs, its cells are shown
+(``<unit> <notebook>: cell i/n, elapsed``; one updating line on a terminal, else a line at least
+every 30 s: :class:`~.progress.CellReporter`), and the suite build streams the kernel's output
+(``suite | pre-train tiny-m: step 300/1000, loss 4.1, 2,400 tokens/s, eta 05:12`` every 30 s).
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
+import threading
 import time
 from typing import Callable
 
 from tqdm import tqdm
 
 from ..results import atomic_write_json
+from .dask_runner import run_dask
 from .execution import (
     Failure,
     RunSummary,
@@ -49,7 +54,8 @@ class Progress:
     """One log line per finished notebook (see the module docstring), counted by a tqdm meter.
 
     ``remaining``: the ``(unit, stem)`` pairs to run, in order. The tqdm instance draws nothing
-    (its output goes to a discarded buffer); each line is its meter, passed to ``log``.
+    (its output goes to a discarded buffer); each line is its meter, passed to ``log``. A notebook
+    is counted once (a repeated report is ignored); calls may come from several threads.
     """
 
     BAR_FORMAT = "[{n_fmt}/{total_fmt}] {desc} | elapsed {elapsed} | eta {remaining}"
@@ -59,19 +65,25 @@ class Progress:
         self.log = log
         self.bar = tqdm(total=len(remaining), bar_format=self.BAR_FORMAT, smoothing=0, mininterval=0,
                         file=io.StringIO(), leave=False)
+        self.counted: set[tuple[str, str]] = set()
+        self.lock = threading.Lock()
 
     def finished(self, unit: str, stem: str, status: str, seconds: float) -> None:
         """Count notebook ``stem`` of ``unit`` as done (``status`` ``ok`` or ``failed``, after
         ``seconds``) and log its line."""
-        with contextlib.suppress(ValueError):
-            self.remaining.remove((unit, stem))
-        if status != "ok":  # the rest of a failed unit will not run
-            dropped = [(u, s) for u, s in self.remaining if u == unit]
-            self.remaining = [(u, s) for u, s in self.remaining if u != unit]
-            self.bar.total -= len(dropped)
-        self.bar.set_description_str(f"{unit} {stem} {status} {tqdm.format_interval(seconds)}", refresh=False)
-        self.bar.update(1)
-        self.log(str(self.bar))
+        with self.lock:
+            if (unit, stem) in self.counted:
+                return
+            self.counted.add((unit, stem))
+            if (unit, stem) in self.remaining:
+                self.remaining.remove((unit, stem))
+            if status != "ok":  # the rest of a failed unit will not run
+                dropped = [(u, s) for u, s in self.remaining if u == unit]
+                self.remaining = [(u, s) for u, s in self.remaining if u != unit]
+                self.bar.total -= len(dropped)
+            self.bar.set_description_str(f"{unit} {stem} {status} {tqdm.format_interval(seconds)}", refresh=False)
+            self.bar.update(1)
+            self.log(str(self.bar))
 
     def close(self) -> None:
         self.bar.close()
@@ -91,7 +103,8 @@ def _build_suite(plan: Plan, log: Callable[[str], None]) -> Failure | None:
         if suite.job is not None:
             target = plan.run_dir / f"{suite.job.name}.ipynb"
             execute_notebook(plan.notebooks[suite.job.name], target, suite.job.parameters, cwd=plan.notebooks_dir,
-                             kernel=plan.kernel, execution_timeout=plan.execution_timeout)
+                             kernel=plan.kernel, execution_timeout=plan.execution_timeout,
+                             label=f"suite {suite.job.name}", on_output=lambda line: log(f"suite | {line}"))
         else:
             from ..suite import build_suite
 
@@ -115,46 +128,6 @@ def _run_local(plan: Plan, units, fail_fast: bool, progress: Progress, summary: 
         _collect(result, summary, progress.log)
         if result.failure and fail_fast:
             return
-
-
-def _run_dask(plan: Plan, units, fail_fast: bool, progress: Progress, summary: RunSummary, scheduler: str | None,
-              workers: int) -> None:
-    """Execute ``units`` as one Dask task each, on ``scheduler`` or a ``LocalCluster`` of ``workers``."""
-    try:
-        from distributed import Client, LocalCluster, as_completed
-    except ImportError:
-        raise PlanError("--executor dask needs the 'distributed' package: pip install 'dask[distributed]'") from None
-    cluster = None
-    if scheduler:
-        client = Client(scheduler)
-    else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
-        client = Client(cluster)
-    try:
-        futures = {}
-        for unit in units:
-            future = client.submit(execute_unit, unit, plan.notebooks, cwd=plan.notebooks_dir, kernel=plan.kernel,
-                                   execution_timeout=plan.execution_timeout, env=plan.env, pure=False,
-                                   key=f"unit-{unit.name}-{time.time_ns()}")
-            futures[future] = unit
-        pending = as_completed(list(futures))
-        for future in pending:
-            unit = futures[future]
-            try:
-                result = future.result()
-            except Exception as err:  # noqa: BLE001 - a worker died or could not run the task
-                result = UnitResult(unit.name, [], Failure(unit.name, "<worker>", None, type(err).__name__, str(err)), "")
-            for stem, status, seconds in result.notebooks:
-                progress.finished(result.unit, stem, status, seconds)
-            _collect(result, summary, progress.log)
-            if result.failure and fail_fast:
-                for other in futures:
-                    other.cancel()
-                return
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def _collect(result: UnitResult, summary: RunSummary, log: Callable[[str], None]) -> None:
@@ -203,7 +176,7 @@ def run(plan: Plan, *, executor: str = "local", scheduler: str | None = None, wo
                 if executor == "local":
                     _run_local(plan, units, fail_fast, progress, summary)
                 else:
-                    _run_dask(plan, units, fail_fast, progress, summary, scheduler, workers)
+                    run_dask(plan, units, fail_fast, progress, summary, scheduler, workers, _collect)
         finally:
             progress.close()
         if summary.failures and fail_fast:

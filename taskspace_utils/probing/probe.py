@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from ..encoding import EncodedPairs, pairs_hash
 from ..ftgd import SparseDelta, applied, tune_task
 from ..layout import CONFIG, task_file_stem
+from ..models import dtype_identity
 from ..results import atomic_write_csv, atomic_write_json, ensure_run_config, read_json
 from ..spaces import normalise_rows
 from .config import ProbingConfig, _task_lists, select_pairs
@@ -148,7 +149,9 @@ def probe_transfer(
             FTGD variant (e.g. :func:`differential_store` over the gradient stage's folder); a
             task found there skips recomputing its differential for the mask.
         run_info: extra identity written into the config (e.g. ``{"model": "tiny-m"}``), so runs
-            of different models never mix in one folder.
+            of different models never mix in one folder. The model's parameter dtype is written
+            there too when it is not float32 (``"dtype": "bfloat16"``), so a bf16 and a float32
+            probe never mix either (float32 configs are unchanged).
         progress: tqdm bar over tuned tasks.
 
     Returns:
@@ -165,6 +168,7 @@ def probe_transfer(
         "n_train": train.groupby("task").size().to_dict(),
         "n_test": test.groupby("task").size().to_dict(),
         "pairs_sha": pairs_hash(pd.concat([train, test])),
+        **dtype_identity(model),
         **dict(run_info or {}),
     }
     ensure_run_config(folder, identity, name=CONFIG_FILE)

@@ -24,6 +24,7 @@ as wrong), as in the BLiMP paper.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -34,10 +35,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..results import atomic_save_safetensors, atomic_write_json, read_json
+from ..results import atomic_save_safetensors, atomic_write_json, read_json, to_jsonable
 from .config import SUITE_SIZES
 
-__all__ = ["resolve_suite_dir", "is_built", "checkpoint_table", "evaluate_checkpoints", "save_checkpoint",
+__all__ = ["resolve_suite_dir", "is_built", "settings_differ", "checkpoint_table", "evaluate_checkpoints", "save_checkpoint",
            "save_resume_state", "resume_step", "load_resume_state", "library_versions", "sha256_file"]
 
 
@@ -52,6 +53,19 @@ def resolve_suite_dir(suite_dir: str | Path | None) -> Path:
 def is_built(size: str, suite_dir: str | Path | None = None) -> bool:
     """Whether ``{suite_dir}/{size}/suite.json`` exists (written last, when the size is complete)."""
     return (resolve_suite_dir(suite_dir) / size / "suite.json").exists()
+
+
+def settings_differ(size: str, suite_dir: str | Path | None, config) -> list[str]:
+    """The settings in which the size's recorded ``config.json`` differs from ``config`` (a
+    :class:`~.config.PretrainConfig`), e.g. ``["max_steps"]`` for a suite built with an earlier
+    budget; ``[]`` when they agree or nothing is recorded yet. A size built with other settings is
+    not the suite the current code would build: callers refuse it with a message (a rebuild into
+    the same folder would mix two configs)."""
+    path = resolve_suite_dir(suite_dir) / size / "config.json"
+    if not path.exists():
+        return []
+    found, wanted = read_json(path), json.loads(json.dumps(to_jsonable(config)))
+    return sorted(k for k in set(found) | set(wanted) if found.get(k, "<absent>") != wanted.get(k, "<absent>"))
 
 
 def library_versions() -> dict:

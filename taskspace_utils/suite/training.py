@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +32,10 @@ from .config import (
     learning_rate,
 )
 from .data import batch_indices, cut_rows, prepare_data
+
+#: Seconds between the plain progress lines of :func:`train_size` when stdout is not a terminal
+#: (a notebook kernel, a log file), where tqdm's bar is not seen.
+PLAIN_PROGRESS_EVERY_S = 30.0
 
 __all__ = ["build_suite", "train_size", "validation_loss", "model_config", "make_optimizer"]
 
@@ -161,6 +166,8 @@ def _train(config: PretrainConfig, suite_dir: Path, size_dir: Path, device: torc
     model.train()
     bar = tqdm(range(start, config.max_steps), desc=f"pre-train {config.size}", initial=start,
                total=config.max_steps, disable=not progress)
+    plain = progress and not sys.stdout.isatty()
+    loop_start = last_line = time.perf_counter()
     for step in bar:
         batch = train_rows[batch_indices(step, config, train_rows.shape[0])].to(device)
         for group in optimizer.param_groups:
@@ -174,6 +181,10 @@ def _train(config: PretrainConfig, suite_dir: Path, size_dir: Path, device: torc
             bar.set_postfix(loss=f"{loss.item():.3f}")
         if step + 1 in steps:
             checkpoint(step + 1, time.perf_counter() - t0)
+        now = time.perf_counter()
+        if plain and (now - last_line >= PLAIN_PROGRESS_EVERY_S or step + 1 == config.max_steps):
+            print(_progress_line(config, step + 1, start, loss.item(), now - loop_start), flush=True)
+            last_line = now
     bar.close()
 
     summary = {
@@ -186,6 +197,16 @@ def _train(config: PretrainConfig, suite_dir: Path, size_dir: Path, device: torc
     }
     atomic_write_json(size_dir / "suite.json", summary)
     return summary
+
+
+def _progress_line(config: PretrainConfig, done: int, start: int, loss: float, seconds: float) -> str:
+    """``pre-train tiny-m: step 300/1000, loss 4.123, 2,345 tokens/s, eta 05:12`` (rates over the
+    steps of this session, ``done - start``)."""
+    steps = max(done - start, 1)
+    rate = steps * config.tokens_per_step / max(seconds, 1e-9)
+    eta = (config.max_steps - done) * seconds / steps
+    return (f"pre-train {config.size}: step {done}/{config.max_steps}, loss {loss:.3f}, {rate:,.0f} tokens/s, "
+            f"eta {tqdm.format_interval(eta)}")
 
 
 def build_suite(sizes=SUITE_SIZES, suite_dir: str | Path | None = None, config: dict | None = None,
