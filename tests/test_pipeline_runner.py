@@ -30,3 +30,24 @@ def test_run_rejects_an_unknown_executor(tmp_path):
                          suite=None, units=[], comparison=[], unit_notebooks=[])
     with pytest.raises(pipeline.PlanError, match="--executor 'slurm': expected local or dask"):
         pipeline.run(plan, executor="slurm")
+
+
+def test_a_suite_built_with_other_settings_is_refused_before_any_work(tmp_path_factory):
+    """Before: only suite.json was checked, so a suite of an earlier step budget counted as built."""
+    import json
+    import shutil
+
+    from _suite_toy import toy_suite_roots
+
+    from taskspace_utils.pipeline.plan import SuiteBuild
+    from taskspace_utils.pipeline.profiles import PlanError
+    from taskspace_utils.pipeline.runner import check_suite_settings
+
+    built, _ = toy_suite_roots(tmp_path_factory.getbasetemp() / "toy_suites")
+    check_suite_settings(SuiteBuild(sizes=["tiny-s"], suite_dir=built, smoke=True, device="cpu", job=None))
+    other = tmp_path_factory.mktemp("other_budget")
+    shutil.copytree(built / "tiny-s", other / "tiny-s")
+    config = json.loads((other / "tiny-s" / "config.json").read_text())
+    (other / "tiny-s" / "config.json").write_text(json.dumps({**config, "max_steps": config["max_steps"] - 4}))
+    with pytest.raises(PlanError, match=r"tiny-s .* other settings .*differs in: max_steps.*delete"):
+        check_suite_settings(SuiteBuild(sizes=["tiny-s"], suite_dir=other, smoke=True, device="cpu", job=None))

@@ -89,10 +89,29 @@ class Progress:
         self.bar.close()
 
 
+def check_suite_settings(suite) -> None:
+    """Refuse (:class:`PlanError`) a suite size recorded with other settings than the current code
+    would build it with (e.g. an earlier step budget): it would count as built but is another
+    model. Raised before any build or notebook, naming the settings and what to do."""
+    from ..models import default_device
+    from ..suite import default_config
+    from ..suite.records import settings_differ
+
+    device = suite.device or str(default_device())
+    for size in suite.sizes:
+        differ = settings_differ(size, suite.suite_dir, default_config(size, smoke=suite.smoke, device=device))
+        if differ:
+            raise PlanError(f"suite size {size} in {suite.suite_dir} was built with other settings than this code "
+                            f"builds (differs in: {', '.join(differ)}); delete {suite.suite_dir / size} to rebuild "
+                            "it, or set TASKSPACE_SUITE_DIR (or the profile's suite.dir) to another folder")
+
+
 def _build_suite(plan: Plan, log: Callable[[str], None]) -> Failure | None:
     """Build the missing suite sizes: execute ``00_*`` into the run folder (or call
-    :func:`taskspace_utils.suite.build_suite` when there is no such notebook)."""
+    :func:`taskspace_utils.suite.build_suite` when there is no such notebook), after
+    :func:`check_suite_settings`."""
     suite = plan.suite
+    check_suite_settings(suite)
     missing = suite.missing()
     if not missing:
         log(f"suite: {', '.join(suite.sizes)} built in {suite.suite_dir}")
