@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY="${PYTHON:-python3}"
+# pip prints a line per package (no -q), so a first setup shows progress while it downloads
+PIP=(.venv/bin/python -m pip install --progress-bar off --disable-pip-version-check)
 if [ ! -x .venv/bin/python ]; then
+  echo "taskspace: creating .venv with $("$PY" --version)"
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
@@ -13,8 +16,10 @@ fi
 # a multi-GB CUDA build on a CPU machine. GPU users install their CUDA torch into .venv beforehand
 # and set TASKSPACE_TORCH=skip.
 if [ "${TASKSPACE_TORCH:-2.13.0}" != "skip" ] && ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  .venv/bin/python -m pip install -q "torch==${TASKSPACE_TORCH:-2.13.0}"
+  echo "taskspace: installing torch ${TASKSPACE_TORCH:-2.13.0} (CPU build)"
+  "${PIP[@]}" "torch==${TASKSPACE_TORCH:-2.13.0}" | { grep -v "^Requirement already satisfied" || true; }
 fi
-.venv/bin/python -m pip install -q -e ".[${TASKSPACE_EXTRAS:-test}]"
+echo "taskspace: installing the kit and its dependencies (.[${TASKSPACE_EXTRAS:-test}])"
+"${PIP[@]}" -e ".[${TASKSPACE_EXTRAS:-test}]" | { grep -v "^Requirement already satisfied" || true; }
 .venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 echo "taskspace: environment ready in .venv"
