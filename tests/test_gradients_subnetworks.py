@@ -37,3 +37,31 @@ def test_mask_overlap_space_is_jaccard():
         for b in sets:
             assert space.loc[a, b] == pytest.approx(len(sets[a] & sets[b]) / len(sets[a] | sets[b]))
     assert list(space.index) == list(masks) and np.allclose(np.diag(space), 1)
+
+
+def test_overlap_counts_per_module_give_the_jaccard_of_any_set_of_modules():
+    """Counts summed over modules = the Jaccard of the masks restricted to those modules (by hand)."""
+    import numpy as np
+    import torch
+
+    from taskspace_utils.gradients import pack_masks
+    from taskspace_utils.gradients.subnetworks import packed_jaccard_space, packed_overlap_counts
+
+    gen = torch.Generator().manual_seed(0)
+    names = {"embed": ["e"], "layer0.mlp": ["m1", "m2"], "head": ["h"]}
+    masks = {t: {n: torch.rand(5, 7, generator=gen) > 0.6 for ns in names.values() for n in ns} for t in "abc"}
+    packed = {m: {t: pack_masks(masks[t], ns) for t in masks} for m, ns in names.items()}
+    counts = packed_overlap_counts(packed)
+    assert len(counts) == 3 * 9 and list(counts.columns) == ["module", "task", "other", "intersection", "size_task",
+                                                            "size_other"]
+    inner = counts[counts.module == "layer0.mlp"].set_index(["task", "other"])
+    jac = packed_jaccard_space(packed["layer0.mlp"])
+    row = inner.loc[("a", "b")]
+    assert row.intersection / (row.size_task + row.size_other - row.intersection) == jac.loc["a", "b"]
+    # non-embedding Jaccard from the counts equals the one of the concatenated non-embedding masks
+    sums = counts[~counts.module.isin(["embed", "head"])].groupby(["task", "other"])[
+        ["intersection", "size_task", "size_other"]].sum().loc[("a", "c")]
+    flat = {t: torch.cat([masks[t][n].reshape(-1) for n in ("m1", "m2")]) for t in "ac"}
+    want = (flat["a"] & flat["c"]).sum().item() / (flat["a"] | flat["c"]).sum().item()
+    assert sums.intersection / (sums.size_task + sums.size_other - sums.intersection) == want
+    assert int(inner.loc[("b", "b")].intersection) == int(np.sum([masks["b"][n].sum().item() for n in ("m1", "m2")]))

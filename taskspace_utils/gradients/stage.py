@@ -18,9 +18,8 @@ memory is recomputed by :func:`recompute_differential`); ``"full"`` keeps every 
 Disk per unit (T tasks, P parameters in n tensors): summary ``T (8 top_k P + 280 n) + 8 n T (T + 1)``
 bytes (entries, headers, ``gram.safetensors``), full ``4 T P``; measured on ``tiny-s`` (67 tasks,
 top_k = 1 %): 19.2 MB vs. 776 MB; ``tiny-l`` 47 MB vs. 2.2 GB, Pythia-410m 2.2 GB vs. 109 GB by the
-formula. Peak memory of the summary pass: the model and its backward, plus the differentials it
-holds for the gradient space (``min(T, memory budget / 4P)`` of ``4 P`` bytes) and one stacked
-tensor of them.
+formula. Peak memory of the summary pass: the model and its backward, the differentials it holds
+for the gradient space (``min(T, memory budget / 4P)`` of ``4 P`` bytes) and one stack of them.
 """
 
 from __future__ import annotations
@@ -53,7 +52,7 @@ from .per_pair import ParameterSketch, pair_differential_stats
 from .space import METRICS, _grams, _spaces_from_grams, module_groups
 from ..models import dtype_identity
 from .store import _pairs_sha, _task_file, _task_metadata, ensure_stage_config, modules_to_long
-from .subnetworks import pack_masks, packed_jaccard_space, subnetwork_masks
+from .subnetworks import pack_masks, packed_jaccard_space, packed_overlap_counts, subnetwork_masks
 from .summary import STORES, default_memory_bytes, dense_from_summary, gram_pass, load_grams, save_grams, top_entries
 
 __all__ = ["GradientConfig", "extract_task_differentials", "summarise_run", "recompute_differential"]
@@ -395,6 +394,7 @@ def summarise_run(out_dir, config: GradientConfig | None = None, progress: bool 
         for module, module_names in by_module.items():
             packed_modules[module][task] = pack_masks(masks, module_names)
     atomic_write_csv(out_dir / "mask_overlap.csv", packed_jaccard_space(packed))
-    overlap_modules = {m: packed_jaccard_space(p) for m, p in packed_modules.items()}
-    atomic_write_parquet(out_dir / "mask_overlap_modules.parquet", modules_to_long(overlap_modules), index=False)
+    long = modules_to_long({m: packed_jaccard_space(p) for m, p in packed_modules.items()}).merge(  # + the counts
+        packed_overlap_counts(packed_modules), on=["module", "task", "other"], how="left")
+    atomic_write_parquet(out_dir / "mask_overlap_modules.parquet", long, index=False)
     return stats

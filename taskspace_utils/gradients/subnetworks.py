@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["subnetwork_masks", "pack_masks", "packed_jaccard_space", "mask_overlap_space"]
+__all__ = ["subnetwork_masks", "pack_masks", "packed_jaccard_space",
+    "packed_overlap_counts", "mask_overlap_space"]
 
 
 def _flat_abs(differentials: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -88,6 +89,23 @@ def pack_masks(masks: Mapping[str, torch.Tensor], names: Sequence[str]) -> np.nd
     (``numpy.packbits``: P/8 bytes), for Jaccard overlaps of many tasks' subnetworks."""
     flat = np.concatenate([masks[n].detach().reshape(-1).cpu().numpy().astype(bool) for n in names])
     return np.packbits(flat)
+
+
+def packed_overlap_counts(packed_by_module: Mapping[str, Mapping[str, np.ndarray]]) -> pd.DataFrame:
+    """The counts behind the per-module Jaccard: one row per module and ordered task pair with
+    ``intersection`` = ``|M_t & M_u|``, ``size_task`` = ``|M_t|`` and ``size_other`` = ``|M_u|``
+    within the module (bit-packed masks, :func:`pack_masks`). Summed over any set of modules they
+    give the Jaccard over those modules' parameters, e.g. without the embedding and output matrices:
+    ``sum(inter) / (sum(size_task) + sum(size_other) - sum(inter))``."""
+    rows = []
+    for module, packed in packed_by_module.items():
+        tasks = list(packed)
+        sizes = {t: int(np.bitwise_count(packed[t]).sum()) for t in tasks}
+        for a in tasks:
+            for b in tasks:
+                inter = int(np.bitwise_count(packed[a] & packed[b]).sum())
+                rows.append((module, a, b, inter, sizes[a], sizes[b]))
+    return pd.DataFrame(rows, columns=["module", "task", "other", "intersection", "size_task", "size_other"])
 
 
 def packed_jaccard_space(packed: Mapping[str, np.ndarray]) -> pd.DataFrame:
