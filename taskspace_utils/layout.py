@@ -29,16 +29,23 @@ output. Task names become file names only through :func:`task_file_stem`.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CONFIG", "FIGURES", "UnitLayout", "RunLayout", "task_file_stem", "unit_layout", "run_layout"]
+__all__ = ["CONFIG", "FIGURES", "SUITE_SIZES", "SUITE_NAME_PATTERN", "suite_root", "UnitLayout", "RunLayout", "task_file_stem", "unit_layout", "run_layout"]
 
 #: The name of the config file of every stage folder.
 CONFIG = "config.json"
 #: The figures' sub-folder of every stage folder.
 FIGURES = "figures"
+
+#: The offline suite's sizes, and its model names: ``tiny-s``, ``tiny-m``, ``tiny-l`` (and any
+#: ``tiny-*`` size a user builds), optionally with ``@stepN``. Defined here, in a module that imports
+#: neither torch nor transformers, so that checking a plan stays fast (``pipeline.validate``).
+SUITE_SIZES = ("tiny-s", "tiny-m", "tiny-l")
+SUITE_NAME_PATTERN = re.compile(r"^(?P<size>tiny-[A-Za-z0-9_]+)(?:@step(?P<step>\d+))?$")
 
 _SAFE_TASK = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
@@ -51,6 +58,12 @@ def task_file_stem(task: str) -> str:
     if not _SAFE_TASK.match(task) or ".." in task:
         raise ValueError(f"task name {task!r} cannot be a file name (use letters, digits, '_', '.', '-')")
     return task
+
+
+def suite_root() -> Path:
+    """Folder of the offline suite: ``$TASKSPACE_SUITE_DIR`` or ``~/.cache/taskspace/suite``."""
+    env = os.environ.get("TASKSPACE_SUITE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "taskspace" / "suite"
 
 
 def figures(stage_dir: str | Path) -> Path:

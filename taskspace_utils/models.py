@@ -46,6 +46,8 @@ from urllib.parse import urlparse
 
 import torch
 
+from .layout import SUITE_NAME_PATTERN, suite_root  # noqa: F401  (names of this module)
+
 __all__ = [
     "ModelNotAvailableError",
     "SUITE_NAME_PATTERN",
@@ -66,9 +68,6 @@ __all__ = [
     "context_length",
 ]
 
-#: Names of the offline suite: ``tiny-s``, ``tiny-m``, ``tiny-l`` (and any ``tiny-*`` size a user
-#: builds), optionally with ``@stepN``.
-SUITE_NAME_PATTERN = re.compile(r"^(?P<size>tiny-[A-Za-z0-9_]+)(?:@step(?P<step>\d+))?$")
 
 
 class ModelNotAvailableError(RuntimeError):
@@ -130,12 +129,6 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
             raise ValueError(f"model spec {spec!r}: expected 'name@revision'")
         return name, revision
     return text, None
-
-
-def suite_root() -> Path:
-    """Folder of the offline suite: ``$TASKSPACE_SUITE_DIR`` or ``~/.cache/taskspace/suite``."""
-    env = os.environ.get("TASKSPACE_SUITE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "taskspace" / "suite"
 
 
 def list_suite(suite_dir: str | os.PathLike | None = None) -> dict[str, dict]:

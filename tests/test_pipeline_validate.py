@@ -61,15 +61,20 @@ def test_dtype_rule_matches_resolve_dtype():
     assert check_value("01_build_data", "dtype", "bf16") is None and check_value("01_build_data", "dtype", "int8")
 
 
-def test_mirrored_constants_equal_the_packages():
-    """validate mirrors the suite sizes, the suite name pattern and suite_root so that planning
-    does not import torch; they must stay equal."""
-    from taskspace_utils import models, suite
+def test_suite_names_are_defined_once_without_torch():
+    """The suite sizes, the suite name pattern and suite_root have one definition (layout), which
+    the packages and the torch-free plan checks share."""
+    import subprocess
+    import sys
+
+    from taskspace_utils import layout, models, suite
     from taskspace_utils.pipeline import validate
 
-    assert validate.SUITE_SIZES == suite.SUITE_SIZES
-    assert validate.SUITE_NAME_PATTERN.pattern == models.SUITE_NAME_PATTERN.pattern
-    assert validate.suite_root() == models.suite_root()
+    assert validate.SUITE_SIZES is suite.SUITE_SIZES is layout.SUITE_SIZES
+    assert validate.SUITE_NAME_PATTERN is models.SUITE_NAME_PATTERN is layout.SUITE_NAME_PATTERN
+    assert validate.suite_root is models.suite_root is layout.suite_root
+    code = "import sys, taskspace_utils.pipeline.validate; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
 def test_model_kinds_and_names(tmp_path):

@@ -3,9 +3,9 @@
 Every check raises :class:`~.profiles.PlanError` with one message that names the argument (``--tasks``,
 ``--set 02_gradient_extraction.n_train``, ``--data``, ``profile 'quick': models``) and, where a name
 is wrong, the nearest valid names (:func:`did_you_mean`, :func:`difflib.get_close_matches`). The
-checks import neither torch nor transformers, so a bad command line fails in well under a second;
-for that reason the suite sizes, the suite name pattern and :func:`suite_root` are mirrored here
-from :mod:`taskspace_utils.suite.config` and :mod:`taskspace_utils.models` (a test keeps them equal).
+checks import neither torch nor transformers, so a bad command line fails in well under a second
+(the suite sizes, the suite name pattern and :func:`suite_root` come from the torch-free
+:mod:`taskspace_utils.layout`).
 
 - :func:`model_kind`: ``local`` (an existing folder), ``suite`` (``tiny-*``) or ``hub`` (a
   syntactically valid hub name: segments of letters, digits, ``_ . -``, at most one ``/``, no
@@ -24,27 +24,17 @@ import os
 import re
 from pathlib import Path
 
+from ..layout import SUITE_NAME_PATTERN, SUITE_SIZES, suite_root
 from .profiles import PlanError
 
 __all__ = ["SUITE_SIZES", "SUITE_NAME_PATTERN", "HUB_NAME_PATTERN", "suite_root", "did_you_mean", "model_kind",
            "check_revision", "source_tasks", "check_tasks", "resolve_data_source"]
 
-#: The offline-suite sizes (mirror of ``taskspace_utils.suite.config.SUITE_SIZES``).
-SUITE_SIZES = ("tiny-s", "tiny-m", "tiny-l")
-#: Suite model names (mirror of ``taskspace_utils.models.SUITE_NAME_PATTERN``).
-SUITE_NAME_PATTERN = re.compile(r"^(?P<size>tiny-[A-Za-z0-9_]+)(?:@step(?P<step>\d+))?$")
 _SEGMENT = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 #: Hub repository ids: ``name`` or ``owner/name``, no ``--`` or ``..`` (the hub's own rules).
 HUB_NAME_PATTERN = re.compile(rf"^(?!.*(--|\.\.)){_SEGMENT}(/{_SEGMENT})?$")
 _REVISION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 _CACHE: dict[str, list[str]] = {}
-
-
-def suite_root() -> Path:
-    """Folder of the offline suite: ``$TASKSPACE_SUITE_DIR`` or ``~/.cache/taskspace/suite``
-    (mirror of :func:`taskspace_utils.models.suite_root`)."""
-    env = os.environ.get("TASKSPACE_SUITE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "taskspace" / "suite"
 
 
 def did_you_mean(word: str, options, n: int = 3) -> str:

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..layout import SUITE_SIZES
+
 __all__ = ["SUITE_SIZES", "CPU_STEPS", "GPU_STEP_FACTOR", "PretrainConfig", "default_config", "checkpoint_steps", "learning_rate"]
 
-SUITE_SIZES = ("tiny-s", "tiny-m", "tiny-l")
 
 # Model shapes (parameters as in the module docstring):
 #   tiny-s: d=128, 4 layers: 2.10M + 0.79M = 2.9M   (the reference point)
