@@ -49,6 +49,14 @@ _ALTERNATIVES = ("greater", "less", "two-sided")
 _EPS = 1e-12  # tolerance when counting permuted statistics "at least as extreme"
 
 
+def result_row(result, drop: str) -> dict:
+    """A result dataclass as one results-frame row: its fields without the array ``drop`` (a null
+    or bootstrap distribution; not copied), ``controls`` joined with ``", "``."""
+    out = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name != drop}
+    out["controls"] = ", ".join(result.controls)
+    return out
+
+
 @dataclasses.dataclass
 class SpaceComparison:
     """Result of :func:`compare_spaces`. ``null`` holds the permuted statistics."""
@@ -69,10 +77,7 @@ class SpaceComparison:
 
     def to_dict(self) -> dict:
         """Plain values (no null distribution), e.g. for a row of a results frame."""
-        out = dataclasses.asdict(self)
-        out.pop("null")
-        out["controls"] = ", ".join(self.controls)
-        return out
+        return result_row(self, drop="null")
 
 
 

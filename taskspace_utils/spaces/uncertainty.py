@@ -36,7 +36,7 @@ from .frames import (
     check_space,
     varies_off_diagonal,
 )
-from .statistics import _METHODS, _columns, _correlate, compare_spaces
+from .statistics import _METHODS, _columns, _correlate, compare_spaces, result_row
 
 __all__ = ["WithinAcross", "AlignmentDifference", "within_across", "difference_with_uncertainty",
            "alignment_table", "compare_prediction"]  # fmt: skip
@@ -129,10 +129,8 @@ class AlignmentDifference:
     boot: np.ndarray = dataclasses.field(repr=False)
 
     def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out.pop("boot")
-        out["controls"] = ", ".join(self.controls)
-        return out
+        """Plain values (no bootstrap distribution), e.g. for a row of a results frame."""
+        return result_row(self, drop="boot")
 
 
 
