@@ -140,8 +140,7 @@ def probe_alignment(compared: Mapping[str, pd.DataFrame], metadata: pd.DataFrame
     rows and the hypothesis and control spaces used."""
     tasks = list(tasks)
     hypotheses = sp.drop_constant_spaces(sp.hypothesis_spaces(metadata), tasks)
-    lexical = sp.lexical_spaces(pairs[pairs.task.isin(tasks)])
-    controls = sp.drop_constant_spaces({k: lexical[k] for k in ("critical_words", "vocabulary")}, tasks)
+    controls = sp.drop_constant_spaces(lexical_controls(pairs[pairs.task.isin(tasks)], ComparisonConfig()), tasks)
     compared = sp.drop_constant_spaces(dict(compared), tasks)
     boots = n_boot if len(tasks) >= min_tasks_for_ci else 0
     table = sp.alignment_table(compared, hypotheses, controls, n_permutations=n_permutations, n_boot=boots, seed=seed)
