@@ -34,7 +34,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CONFIG", "FIGURES", "SUITE_SIZES", "SUITE_NAME_PATTERN", "suite_root", "UnitLayout", "RunLayout", "task_file_stem", "unit_layout", "run_layout"]
+__all__ = ["CONFIG", "FIGURES", "SUITE_SIZES", "SUITE_SEEDS", "SUITE_MODELS", "SUITE_NAME_PATTERN", "is_suite_model", "suite_root", "UnitLayout", "RunLayout", "task_file_stem", "unit_layout", "run_layout"]
 
 #: The name of the config file of every stage folder.
 CONFIG = "config.json"
@@ -45,7 +45,25 @@ FIGURES = "figures"
 #: ``tiny-*`` size a user builds), optionally with ``@stepN``. Defined here, in a module that imports
 #: neither torch nor transformers, so that checking a plan stays fast (``pipeline.validate``).
 SUITE_SIZES = ("tiny-s", "tiny-m", "tiny-l")
-SUITE_NAME_PATTERN = re.compile(r"^(?P<size>tiny-[A-Za-z0-9_]+)(?:@step(?P<step>\d+))?$")
+#: Extra pre-training seeds of the smallest size (PolyPythias' design: the seed changes the
+#: initialisation and the data order): ``tiny-s-seed1`` is ``tiny-s`` trained with seed 1 instead
+#: of the default seed 0. They give the noise floor of the size and checkpoint contrasts.
+SUITE_SEEDS = ("tiny-s-seed1", "tiny-s-seed2")
+#: Every model the default suite build makes: the sizes, then the extra seeds.
+SUITE_MODELS = SUITE_SIZES + SUITE_SEEDS
+#: ``tiny-s``, ``tiny-s-seed1``, ``tiny-m@step500``, ``tiny-s-seed2@step64``: group ``size`` is the
+#: folder name (size and seed), ``base`` the size, ``seed`` the seed number (absent: seed 0).
+SUITE_NAME_PATTERN = re.compile(
+    r"^(?P<size>(?P<base>tiny-[A-Za-z0-9_]+?)(?:-seed(?P<seed>\d+))?)(?:@step(?P<step>\d+))?$")
+
+
+
+def is_suite_model(name: str) -> bool:
+    """Whether ``name`` is a model the default suite build knows how to make: a size of
+    :data:`SUITE_SIZES`, optionally with ``-seedK`` (``tiny-s-seed3`` too), without ``@step``."""
+    match = SUITE_NAME_PATTERN.match(str(name))
+    return bool(match) and match["step"] is None and match["base"] in SUITE_SIZES
+
 
 _SAFE_TASK = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 

@@ -21,11 +21,13 @@ def test_repo_profiles_plan(tmp_path, monkeypatch):
     assert {"smoke", "quick", "paper"} <= set(profiles["profiles"])
     quick = build_plan(profiles, "quick", notebooks_dir=notebooks, out_dir=tmp_path / "q")
     assert [u.name for u in quick.units] == ["tiny-s@final", "tiny-m@step0", "tiny-m@early", "tiny-m@mid",
-                                             "tiny-m@final", "tiny-l@final"]
-    # the synthetic notebooks have no 03/04: the units restricted to [01, 02, 04] keep 01 and 02 (noted)
-    assert all([j.name for j in u.jobs] == ["01_build_data", "02_gradient_extraction"] for u in quick.units)
+                                             "tiny-m@final", "tiny-l@final", "tiny-s-seed1@final", "tiny-s-seed2@final"]
+    # the synthetic notebooks have no 03/04: the units restricted to [01, 02, 04] keep 01 and 02 (noted),
+    # the seed units restricted to [01, 04] keep 01
+    assert all([j.name for j in u.jobs] == ["01_build_data", "02_gradient_extraction"] for u in quick.units[:6])
+    assert all([j.name for j in u.jobs] == ["01_build_data"] for u in quick.units[6:])
     assert any("'tiny-s': 04 is not in" in note for note in quick.notes)
-    assert quick.suite.sizes == ["tiny-s", "tiny-m", "tiny-l"]
+    assert quick.suite.sizes == ["tiny-s", "tiny-m", "tiny-l", "tiny-s-seed1", "tiny-s-seed2"]
     assert quick.suite.suite_dir == (tmp_path / "suite").resolve()
     assert quick.env["TASKSPACE_SUITE_DIR"] == str((tmp_path / "suite").resolve())
     params = quick.units[0].jobs[0].parameters
@@ -36,8 +38,9 @@ def test_repo_profiles_plan(tmp_path, monkeypatch):
     assert smoke.suite.smoke and smoke.suite.suite_dir == (tmp_path / "s" / "suite").resolve()
     assert smoke.units[0].jobs[0].parameters["smoke"] is True
     paper = build_plan(profiles, "paper", notebooks_dir=notebooks, out_dir=tmp_path / "p")
-    assert paper.suite is None and len(paper.units) == 15
-    assert paper.units[0].name == "EleutherAI--pythia-70m@step1000"
+    assert paper.suite is None and len(paper.units) == 30
+    assert paper.units[0].name == "EleutherAI--pythia-14m@step1000"
+    assert paper.units[-1].name == "EleutherAI--pythia-160m-seed2@step143000"
 
 
 def test_overrides(workspace):

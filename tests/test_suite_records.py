@@ -63,3 +63,45 @@ def test_a_suite_built_with_other_settings_is_detected(toy_suites):
     assert settings_differ("tiny-s", first, current) == []
     assert settings_differ("tiny-s", first, replace(current, max_steps=current.max_steps + 1)) == ["max_steps"]
     assert settings_differ("tiny-m", first, default_config("tiny-m", smoke=True)) == []  # nothing recorded
+
+
+def test_sizes_share_the_token_stream_and_seeds_change_it(tmp_path, monkeypatch):
+    """Pythia's design, recorded: two smoke sizes with one seed read the same tokens in the same order
+    (equal ``data_order_sha256``, recomputed here from the batch order); an extra seed reads another
+    order and its initialisation differs; all share steps and tokens; a seed model loads by name."""
+    import hashlib
+
+    import torch
+
+    from taskspace_utils import suite
+    from taskspace_utils.models import load_model
+    from taskspace_utils.suite.data import batch_indices, cut_rows, prepare_data
+
+    names = ["tiny-s", "tiny-m", "tiny-s-seed1"]
+    suite.build_suite(names, suite_dir=tmp_path, smoke=True, device="cpu", num_threads=1)
+    table = suite.suite_table(names, tmp_path)
+    assert suite.token_design_problems(table) == []
+    digests = dict(zip(table["size"], table["data_order_sha256"]))
+    assert digests["tiny-s"] == digests["tiny-m"] != digests["tiny-s-seed1"]
+    assert table["seed"].tolist() == [1234, 1234, 1235] and table["tokens_seen"].nunique() == 1
+    config = suite.default_config("tiny-s-seed1", smoke=True)
+    _, _, streams = prepare_data(config, tmp_path)
+    rows = cut_rows(streams["train"], config.seq_len)
+    expected = hashlib.sha256(b"".join(rows[batch_indices(s, config, rows.shape[0])].numpy().tobytes()
+                                       for s in range(config.max_steps))).hexdigest()
+    assert digests["tiny-s-seed1"] == expected
+
+    monkeypatch.setenv("TASKSPACE_SUITE_DIR", str(tmp_path))
+    base, _ = load_model("tiny-s@step0")
+    other, _ = load_model("tiny-s-seed1@step0")
+    assert not torch.equal(base.gpt_neox.embed_in.weight, other.gpt_neox.embed_in.weight)
+    checkpoints = suite.checkpoint_table(names, tmp_path)
+    assert set(checkpoints.loc[checkpoints["size"] == "tiny-s-seed1", "base_size"]) == {"tiny-s"}
+
+    # a broken design is named: another step budget, and two seeds with one order
+    broken = table.copy()
+    broken.loc[2, "final_step"] = 99
+    broken.loc[1, "seed"] = 7
+    problems = suite.token_design_problems(broken)
+    assert any(p.startswith("final_step differs") for p in problems)
+    assert any("different seeds but the same token order" in p for p in problems)

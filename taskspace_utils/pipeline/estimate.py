@@ -28,6 +28,7 @@ import re
 
 from tqdm import tqdm
 
+from ..layout import SUITE_NAME_PATTERN
 from .plan import Plan, Unit
 from .resume import UNIT_RECORD, read_record
 
@@ -43,8 +44,16 @@ REFERENCE_PARAMETERS = 44_672
 REFERENCE_PARAMS = {"tasks": 3, "smoke": True}
 #: Parameters of the suite sizes before they are built (``suite/config.py``; smoke configs 44,672).
 SUITE_PARAMETERS = {"tiny-s": 2_900_000, "tiny-m": 4_900_000, "tiny-l": 8_100_000}
-#: Measured seconds per training step of the suite sizes on 2 idle cores (``suite/config.py``), and steps.
-SUITE_STEP_S = {"tiny-s": (0.27, 800), "tiny-m": (0.35, 1000), "tiny-l": (0.6, 1500)}
+#: Measured seconds per training step of the suite sizes on 2 idle cores (``suite/config.py``: the
+#: earlier build, checkpoints included), and the steps every size and seed trains
+#: (``suite.config.SUITE_STEPS``; kept here as a number so that planning imports no torch).
+SUITE_STEP_S = {"tiny-s": (0.243, 1000), "tiny-m": (0.314, 1000), "tiny-l": (0.462, 1000)}
+
+
+def _base_size(model: str) -> str:
+    """``tiny-s-seed2`` -> ``tiny-s`` (an extra seed has its size's shape and budget)."""
+    match = SUITE_NAME_PATTERN.match(model)
+    return match["base"] if match else model
 
 
 def _count(params: dict, name: str, default: int, smoke_cap: int | None = None) -> int:
@@ -82,7 +91,7 @@ def model_parameters(unit: Unit, plan: Plan) -> int | None:
         record = plan.suite.suite_dir / unit.model / "suite.json"
         if record.exists() and read_json(record).get("params"):
             return int(read_json(record)["params"])
-        return REFERENCE_PARAMETERS if plan.suite.smoke else SUITE_PARAMETERS.get(unit.model)
+        return REFERENCE_PARAMETERS if plan.suite.smoke else SUITE_PARAMETERS.get(_base_size(unit.model))
     match = re.search(r"-(\d+(?:\.\d+)?)([mb])(?:-|$)", unit.model.lower())
     if match:
         return int(float(match.group(1)) * (1e6 if match.group(2) == "m" else 1e9))
@@ -137,8 +146,8 @@ def describe_estimate(plan: Plan, n_tasks: int) -> list[str]:
     where = "; CPU times: a GPU run takes far less" if device.startswith("cuda") else ""
     lines, total_s, total_b = [f"estimate (rough, see taskspace_utils.pipeline.estimate; a factor 2-3 either way{where}):"], 0.0, 0
     if plan.suite is not None and plan.suite.missing():
-        seconds = 25.0 if plan.suite.smoke else sum(SUITE_STEP_S.get(s, (0.5, 1500))[0] * SUITE_STEP_S.get(s, (0, 1500))[1]
-                                                    for s in plan.suite.missing())
+        seconds = 25.0 if plan.suite.smoke else sum(
+            rate * steps for rate, steps in (SUITE_STEP_S.get(_base_size(s), (0.5, 1000)) for s in plan.suite.missing()))
         total_s += seconds
         lines.append(f"  suite build ({', '.join(plan.suite.missing())}): {tqdm.format_interval(seconds)}")
     for unit in plan.units:

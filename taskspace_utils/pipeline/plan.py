@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..layout import SUITE_MODELS, SUITE_SEEDS, is_suite_model
 from .notebooks import (
     FIRST_COMPARISON_NUMBER,
     SUITE_NUMBER,
@@ -288,11 +289,11 @@ def _plan_suite(settings: dict, name: str, sizes: list[str], run_dir: Path, devi
     where = settings.get("dir")
     suite_dir = (suite_root() if where is None else run_dir / "suite" if where == "run"
                  else Path(str(where)).expanduser()).resolve()
-    unknown = [s for s in sizes if s not in SUITE_SIZES and not (suite_dir / s / "suite.json").exists()]
+    unknown = [s for s in sizes if not is_suite_model(s) and not (suite_dir / s / "suite.json").exists()]
     if unknown:
         raise PlanError(f"profile {name!r}: {', '.join(unknown)} is not an offline-suite size "
-                        f"({', '.join(SUITE_SIZES)}) and is not built in {suite_dir}"
-                        + did_you_mean(unknown[0], SUITE_SIZES))
+                        f"({', '.join(SUITE_SIZES)}, or a size with -seedK such as {SUITE_SEEDS[0]}) and is not "
+                        f"built in {suite_dir}" + did_you_mean(unknown[0], SUITE_MODELS))
     smoke = bool(settings.get("smoke", False))
     runner = {"sizes": sizes, "suite_dir": str(suite_dir), "smoke": smoke, "device": device}
     return SuiteBuild(sizes=sizes, suite_dir=suite_dir, smoke=smoke, device=device,

@@ -1,4 +1,4 @@
-"""Command line: pre-train one size of the offline model suite.
+"""Command line: pre-train one size (or extra seed, ``tiny-s-seed1``) of the offline model suite.
 
 ``python -m taskspace_utils.suite --size tiny-m [--suite-dir DIR] [--smoke] [--device D] [--threads N]``
 prints the size's parameters, tokens seen, final validation loss and training wall time.
@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 
-from .config import SUITE_SIZES
+from .config import SUITE_MODELS
 from .training import build_suite
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Pre-train one size of the offline model suite.")
-    parser.add_argument("--size", required=True, choices=SUITE_SIZES)
+    parser.add_argument("--size", required=True, choices=SUITE_MODELS)
     parser.add_argument("--suite-dir", default=None, help="suite folder (default: models.suite_root())")
     parser.add_argument("--smoke", action="store_true", help="toy config that builds in seconds")
     parser.add_argument("--device", default=None)

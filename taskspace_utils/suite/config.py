@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..layout import SUITE_SIZES
+from ..layout import SUITE_MODELS, SUITE_NAME_PATTERN, SUITE_SEEDS, SUITE_SIZES
 
-__all__ = ["SUITE_SIZES", "CPU_STEPS", "GPU_STEP_FACTOR", "PretrainConfig", "default_config", "checkpoint_steps", "learning_rate"]
+__all__ = ["SUITE_SIZES", "SUITE_SEEDS", "SUITE_MODELS", "SUITE_STEPS", "BASE_SEED", "split_name", "CPU_STEPS", "GPU_STEP_FACTOR", "PretrainConfig", "default_config", "checkpoint_steps", "learning_rate"]
 
 
 # Model shapes (parameters as in the module docstring):
@@ -29,18 +29,22 @@ _SHAPES = {
     "tiny-m": dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=6),
     "tiny-l": dict(hidden_size=256, num_hidden_layers=5, num_attention_heads=8),
 }
-# Optimizer steps on 2 CPU cores (batch 32 x 64 tokens = 2,048 tokens per step); measured
-# throughput with these shapes sets the budget so that the three sizes together fit in 25 min.
-#   Measured on the idle 2-core machine (fresh build, 2026-11-25): tiny-s 0.27 s/step, tiny-m
-#   0.35 s/step (checkpoints and validation included); a bare training step of tiny-l 0.49 s
-#   (tiny-s 0.23 s; two threads are 1.8x one, so building sizes side by side gains nothing).
-#   The first budget, 1200 / 1500 / 1800 steps, took 325 s + 525 s + ~950 s: ~31 min, over budget.
-#   Now 800 x 0.27 + 1000 x 0.35 + 1500 x 0.52 = 216 + 350 + 780 s ~ 22.5 min, plus ~1 min for the
-#   tokenizer and the notebook's BLiMP curve. What it cost (BLiMP, 300 pairs per task, checkpoints
-#   of the 1800-step run): tiny-l 0.591 at step 1800, 0.589 at step 1500 (a 1500-step schedule, whose
-#   learning rate has fully decayed there, does at least as well); tiny-m 0.582 at 1500, 0.562 at
-#   1000. The sizes therefore also differ in tokens seen (1.6M, 2.0M, 3.1M), as they did before.
-CPU_STEPS = {"tiny-s": 800, "tiny-m": 1000, "tiny-l": 1500}
+# One step budget for every size and seed (Pythia's design: the same token stream, in the same
+# order, with the same batch size and the same saved steps, so that size and training step are the
+# only variables; the extra seeds change the initialisation and the data order, as in PolyPythias).
+# Batch 32 x 64 tokens = 2,048 tokens per step; 1,000 steps = 2.05M tokens for every model.
+#   Budget (issue 16): the whole suite, 3 sizes + 2 seeds of tiny-s, within 1.3x the build of the
+#   earlier suite (800 / 1,000 / 1,500 steps, sizes saw 1.6M / 2.0M / 3.1M tokens), which took
+#   194 + 314 + 693 = 1,201 s of training on the idle 2-core machine (2026-11-25). Per step there:
+#   tiny-s 0.243 s, tiny-m 0.314 s, tiny-l 0.462 s (checkpoints and validation included), so N equal
+#   steps cost N x (3 x 0.243 + 0.314 + 0.462) = 1.50 N s: N = 1,000 gives 1,503 s = 1.25x, while
+#   N = 1,100 would be 1.38x. What 1,000 steps cost tiny-l in BLiMP is in the notebook 00 notes and
+#   benchmarks/bench_pretrain_suite.py (its 1,500-step schedule gave 0.582 on all 1,000 pairs).
+#   tiny-m's config is the same as before (1,000 steps, seed 0), so a suite built earlier keeps it.
+SUITE_STEPS = 1000
+CPU_STEPS = {size: SUITE_STEPS for size in SUITE_SIZES}
+#: The default seed (``tiny-s``); ``tiny-s-seedK`` trains with ``BASE_SEED + K``.
+BASE_SEED = 1234
 GPU_STEP_FACTOR = 4  # on a GPU, 4x the tokens (still minutes)
 
 
@@ -50,7 +54,8 @@ class PretrainConfig:
 
     Attributes
     ----------
-    size: suite name (``tiny-s``, ``tiny-m``, ``tiny-l``); also the folder name.
+    size: suite name (``tiny-s``, ``tiny-m``, ``tiny-l``, or a size with an extra pre-training seed,
+        ``tiny-s-seed1``); also the folder name.
     hidden_size, num_hidden_layers, num_attention_heads: GPT-NeoX shape; the MLP is 4x wide.
     vocab_size: BPE vocabulary, ``<|endoftext|>`` included (the output layer, ``V * d`` weights,
         dominates small models, so this is a size choice too).
@@ -65,7 +70,7 @@ class PretrainConfig:
         below it, like Pythia's log-spaced 0, 1, 2, 4, ..., 512; the final step is always saved.
     n_valid_rows: validation rows (``seq_len`` tokens each, the first of the held-out stream) for
         the validation loss at each checkpoint.
-    seed: seeds initialisation and data order.
+    seed: seeds initialisation and data order (:data:`BASE_SEED` + the name's ``-seedK``, else + 0).
     corpus_paragraphs: use only the first N training paragraphs (``None`` = all; smoke runs).
     segment: what follows each ``<|endoftext|>`` in the stream: ``"sentence"`` (as BLiMP sentences
         follow BOS when scored) or ``"paragraph"`` (whole paragraphs, sentences after a space).
@@ -88,7 +93,7 @@ class PretrainConfig:
     grad_clip: float = 1.0
     checkpoint_every: int = 500
     n_valid_rows: int = 256
-    seed: int = 1234
+    seed: int = BASE_SEED
     corpus_paragraphs: int | None = None
     segment: str = "sentence"
 
@@ -97,21 +102,32 @@ class PretrainConfig:
         return self.batch_size * self.seq_len
 
 
-def default_config(size: str, smoke: bool = False, device: str | torch.device = "cpu") -> PretrainConfig:
-    """The default :class:`PretrainConfig` of ``size``.
+def split_name(name: str) -> tuple[str, int]:
+    """``"tiny-s-seed2"`` -> ``("tiny-s", 2)``; ``"tiny-m"`` -> ``("tiny-m", 0)`` (seed 0 is the default
+    seed). ``ValueError`` for a name that is not a suite size with an optional ``-seedK``."""
+    match = SUITE_NAME_PATTERN.match(str(name))
+    if not match or match["step"] is not None or match["base"] not in _SHAPES:
+        raise ValueError(f"unknown suite model {name!r}; expected one of {SUITE_SIZES}, optionally with "
+                         f"-seedK (e.g. {SUITE_SEEDS[0]}); the default build makes {', '.join(SUITE_MODELS)}")
+    return match["base"], int(match["seed"] or 0)
 
-    ``smoke=True`` gives a toy of the same size name that builds in seconds (hidden 32, 2 layers,
-    vocabulary 300, 12 steps on the first 2,000 paragraphs); on a CUDA ``device`` the token budget
-    is ``GPU_STEP_FACTOR`` times the CPU one.
+
+def default_config(size: str, smoke: bool = False, device: str | torch.device = "cpu") -> PretrainConfig:
+    """The default :class:`PretrainConfig` of ``size`` (a size, or a size with ``-seedK``).
+
+    Every size and seed gets the same batch, sequence length, step budget (:data:`SUITE_STEPS`),
+    saved steps and learning-rate schedule; ``tiny-s-seedK`` is ``tiny-s`` with ``seed = BASE_SEED
+    + K`` (initialisation and data order). ``smoke=True`` gives a toy of the same name that builds in
+    seconds (hidden 32, 2 layers, vocabulary 300, 12 steps on the first 2,000 paragraphs); on a CUDA
+    ``device`` the token budget is ``GPU_STEP_FACTOR`` times the CPU one.
     """
-    if size not in _SHAPES:
-        raise ValueError(f"unknown suite size {size!r}; expected one of {SUITE_SIZES}")
+    base, seed = split_name(size)
     if smoke:
         return PretrainConfig(size=size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                               vocab_size=300, seq_len=32, batch_size=8, max_steps=12, lr=3e-3,
-                              checkpoint_every=8, n_valid_rows=16, corpus_paragraphs=2000)
-    steps = CPU_STEPS[size] * (GPU_STEP_FACTOR if torch.device(device).type == "cuda" else 1)
-    return PretrainConfig(size=size, **_SHAPES[size], max_steps=steps)
+                              checkpoint_every=8, n_valid_rows=16, corpus_paragraphs=2000, seed=BASE_SEED + seed)
+    steps = CPU_STEPS[base] * (GPU_STEP_FACTOR if torch.device(device).type == "cuda" else 1)
+    return PretrainConfig(size=size, **_SHAPES[base], max_steps=steps, seed=BASE_SEED + seed)
 
 
 def checkpoint_steps(max_steps: int, every: int) -> list[int]:

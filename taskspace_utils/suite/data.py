@@ -13,6 +13,7 @@ The tokenizer and the streams live in ``{suite_dir}/tokenizer-v{V}-{corpus sha[:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -25,7 +26,7 @@ from ..results import atomic_save_safetensors
 from . import corpus
 from .config import PretrainConfig
 
-__all__ = ["prepare_data", "cut_rows", "batch_indices"]
+__all__ = ["prepare_data", "cut_rows", "batch_indices", "data_order_sha256"]
 
 
 def prepare_data(config: PretrainConfig, suite_dir: Path, corpus_dir: Path = corpus.CORPUS_DIR):
@@ -94,3 +95,14 @@ def batch_indices(step: int, config: PretrainConfig, n_rows: int) -> torch.Tenso
         take = min(config.batch_size - len(out), n_rows - offset)
         out.extend(perm[offset: offset + take].tolist())
     return torch.tensor(out)
+
+
+def data_order_sha256(config: PretrainConfig, train_rows: torch.Tensor) -> str:
+    """SHA-256 of every token the training loop of ``config`` reads, in order: the int64 bytes of
+    ``train_rows[batch_indices(s)]`` for ``s = 0 .. max_steps - 1``. Two suite models with the same
+    digest saw the same token stream in the same order (Pythia's design: sizes differ only in shape;
+    an extra seed changes the order, so its digest differs)."""
+    digest = hashlib.sha256()
+    for step in range(config.max_steps):
+        digest.update(train_rows[batch_indices(step, config, train_rows.shape[0])].numpy().tobytes())
+    return digest.hexdigest()

@@ -36,9 +36,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..results import atomic_save_safetensors, atomic_write_json, read_json, to_jsonable
-from .config import SUITE_SIZES
+from .config import SUITE_MODELS
 
-__all__ = ["resolve_suite_dir", "is_built", "settings_differ", "checkpoint_table", "evaluate_checkpoints", "save_checkpoint",
+__all__ = ["resolve_suite_dir", "is_built", "settings_differ", "checkpoint_table", "suite_table", "token_design_problems", "evaluate_checkpoints", "save_checkpoint",
            "save_resume_state", "resume_step", "load_resume_state", "library_versions", "sha256_file"]
 
 
@@ -131,8 +131,9 @@ def load_resume_state(size_dir: Path, optimizer) -> tuple[int, float]:
 
 
 # ------------------------------------------------------------------------------ built suite
-def checkpoint_table(sizes=SUITE_SIZES, suite_dir: str | Path | None = None):
-    """One row per saved checkpoint of the built ``sizes``: ``size``, ``step``, ``params``,
+def checkpoint_table(sizes=SUITE_MODELS, suite_dir: str | Path | None = None):
+    """One row per saved checkpoint of the built ``sizes``: ``size`` (the model name, e.g.
+    ``tiny-s-seed1``), ``base_size`` (``tiny-s``), ``seed`` (the training seed), ``step``, ``params``,
     ``tokens_seen``, ``validation_loss`` (nats per token), ``wall_time_s`` (training time so far)
     and ``path`` (the ``step{N}`` folder, loadable by ``models.load_model``)."""
     import pandas as pd
@@ -143,12 +144,59 @@ def checkpoint_table(sizes=SUITE_SIZES, suite_dir: str | Path | None = None):
         if not is_built(size, root):
             raise FileNotFoundError(f"{root / size / 'suite.json'} missing: size {size!r} is not built "
                                     f"(build_suite(({size!r},)) or python -m taskspace_utils.suite --size {size})")
-        for step in read_json(root / size / "suite.json")["steps"]:
+        built = read_json(root / size / "suite.json")
+        for step in built["steps"]:
             record = read_json(root / size / f"step{step}" / "checkpoint.json")
-            rows.append({"size": size, "step": step, "params": record["params"],
+            rows.append({"size": size, "base_size": built.get("base_size", size), "seed": record.get("seed"),
+                         "step": step, "params": record["params"],
                          "tokens_seen": record["tokens_seen"], "validation_loss": record["validation_loss"],
                          "wall_time_s": record["wall_time_s"], "path": str(root / size / f"step{step}")})
     return pd.DataFrame(rows)
+
+
+def suite_table(sizes=SUITE_MODELS, suite_dir: str | Path | None = None):
+    """One row per built model of ``sizes`` (from its ``suite.json``): ``size``, ``base_size``,
+    ``seed``, ``params``, ``final_step``, ``steps`` (saved steps, as text), ``tokens_seen`` (at the
+    final step), ``batch_tokens`` (tokens per step), ``validation_loss`` (final), ``wall_time_s``
+    (training and checkpoints) and ``data_order_sha256`` (:func:`.data.data_order_sha256`; models
+    built before it was recorded have ``None``)."""
+    import pandas as pd
+
+    root = resolve_suite_dir(suite_dir)
+    rows = []
+    for size in ([sizes] if isinstance(sizes, str) else sizes):
+        if not is_built(size, root):
+            raise FileNotFoundError(f"{root / size / 'suite.json'} missing: size {size!r} is not built")
+        built = read_json(root / size / "suite.json")
+        config = built["training_config"]
+        rows.append({"size": size, "base_size": built.get("base_size", size), "seed": config["seed"],
+                     "params": built["params"], "final_step": built["final_step"],
+                     "steps": " ".join(str(s) for s in built["steps"]), "tokens_seen": built["tokens_seen"],
+                     "batch_tokens": config["batch_size"] * config["seq_len"],
+                     "validation_loss": built["validation_loss"], "wall_time_s": built["wall_time_s"],
+                     "data_order_sha256": built.get("data_order_sha256")})
+    return pd.DataFrame(rows)
+
+
+def token_design_problems(table) -> list[str]:
+    """What breaks Pythia's design in a :func:`suite_table`: every model must have the same tokens
+    per step, final step, saved steps and tokens seen, and models with the same ``seed`` must have
+    read the same token stream in the same order (equal ``data_order_sha256``), models with different
+    seeds a different one. ``[]`` when the design holds; each problem names the models."""
+    problems = []
+    for column in ("batch_tokens", "final_step", "steps", "tokens_seen"):
+        values = table.groupby(column)["size"].apply(list)
+        if len(values) > 1:
+            problems.append(f"{column} differs: " + "; ".join(f"{v} for {', '.join(m)}" for v, m in values.items()))
+    known = table.dropna(subset=["data_order_sha256"])
+    for seed, group in known.groupby("seed"):
+        if group["data_order_sha256"].nunique() > 1:
+            problems.append(f"seed {seed}: {', '.join(group['size'])} read different token streams")
+    by_digest = known.groupby("data_order_sha256")["seed"].nunique()
+    for digest in by_digest[by_digest > 1].index:
+        names = known.loc[known["data_order_sha256"] == digest, "size"]
+        problems.append(f"{', '.join(names)}: different seeds but the same token order")
+    return problems
 
 
 def evaluate_checkpoints(table, pairs, device: str | torch.device | None = None, progress: bool = True):

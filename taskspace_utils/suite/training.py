@@ -24,14 +24,15 @@ from tqdm.auto import tqdm
 from ..models import count_parameters, default_device, eval_mode
 from ..results import atomic_write_json, ensure_run_config, read_json
 from . import corpus, records
+from ..layout import SUITE_NAME_PATTERN
 from .config import (
-    SUITE_SIZES,
+    SUITE_MODELS,
     PretrainConfig,
     checkpoint_steps,
     default_config,
     learning_rate,
 )
-from .data import batch_indices, cut_rows, prepare_data
+from .data import batch_indices, cut_rows, data_order_sha256, prepare_data
 
 #: Seconds between the plain progress lines of :func:`train_size` when stdout is not a terminal
 #: (a notebook kernel, a log file), where tqdm's bar is not seen.
@@ -187,8 +188,11 @@ def _train(config: PretrainConfig, suite_dir: Path, size_dir: Path, device: torc
             last_line = now
     bar.close()
 
+    name = SUITE_NAME_PATTERN.match(config.size)  # tiny-s-seed2: base size tiny-s, seed number 2
+    base_size, seed_number = (name["base"], int(name["seed"] or 0)) if name else (config.size, 0)
     summary = {
-        "size": config.size, "steps": steps, "final_step": config.max_steps,
+        "size": config.size, "base_size": base_size, "seed_number": seed_number, "seed": config.seed,
+        "steps": steps, "final_step": config.max_steps, "data_order_sha256": data_order_sha256(config, train_rows),
         "params": record_base_model["params"], "training_config": dataclasses.asdict(config),
         "model_config": record_base_model["model_config"], "tokens_seen": config.max_steps * config.tokens_per_step,
         "corpus_sha256": base_record["corpus_sha256"], "tokenizer_sha256": base_record["tokenizer_sha256"],
@@ -209,10 +213,11 @@ def _progress_line(config: PretrainConfig, done: int, start: int, loss: float, s
             f"eta {tqdm.format_interval(eta)}")
 
 
-def build_suite(sizes=SUITE_SIZES, suite_dir: str | Path | None = None, config: dict | None = None,
+def build_suite(sizes=SUITE_MODELS, suite_dir: str | Path | None = None, config: dict | None = None,
                 smoke: bool = False, device: str | torch.device | None = None,
                 num_threads: int | None = None) -> dict:
-    """Build every size in ``sizes`` (finished ones are skipped, interrupted ones resume).
+    """Build every size in ``sizes`` (default: the sizes and the extra seeds of :data:`SUITE_MODELS`;
+    finished ones are skipped, interrupted ones resume).
 
     ``config`` maps a size to a :class:`PretrainConfig` or to a dict of fields overriding its
     :func:`default_config`. ``smoke=True`` builds the toy configs (seconds) and, when ``suite_dir``
