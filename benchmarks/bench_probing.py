@@ -2,7 +2,11 @@
 
 Speed (default mode). The issue's target: the full 67 x 67 transfer space of ``tiny-m`` with the
 default :class:`~taskspace_utils.probing.ProbingConfig` (100 train / 100 test pairs per task, FTGD
-20 steps x 20 pairs, k = 1 %) in under 20 minutes on the 2-core machine. A full run tunes 67 tasks,
+20 steps x 20 pairs at lr 1e-3 when these figures were measured; since issue 16 the default is the
+FTGD stage's lr 1e-4, 50 steps x 16 pairs, chosen for the FTGD premise by
+``benchmarks/bench_ftgd_premise.py``: tuning costs about twice as much per task, +23 % on a 67-task
+space where evaluation dominates; the figures below were not re-measured, k = 1 %) in under
+20 minutes on the 2-core machine. A full run tunes 67 tasks,
 so this script tunes ``--tuned`` of them (spread over phenomena), evaluates all 67 tasks after each,
 and extrapolates:
 

@@ -14,7 +14,7 @@ The workflow, in the paper's order (each name is importable from here)::
                                GradientConfig(model="tiny-m"))                    # 3. differentials
     tune_task(model, tokenizer, train_pairs, FTGDConfig(), differential)          # 4. FTGD
     result = probe_transfer(model, tokenizer, pairs, out, ProbingConfig())        # 5. task space
-    alignment_table({"transfer": result.margin}, hypothesis_spaces(meta))          #    vs. hypotheses
+    alignment_table({"transfer_margin": result.margin}, hypothesis_spaces(meta))   #    vs. hypotheses
     compare_units(run_dir)                                                        # 6. sizes, steps
 
 Names are loaded lazily (PEP 562 ``__getattr__``), so ``import taskspace_utils`` stays cheap for the

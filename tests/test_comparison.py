@@ -91,7 +91,7 @@ def test_unit_alignment_matches_direct_spearman(run):
     root, pairs, meta = run
     config = cmp.ComparisonConfig(n_permutations=99, n_boot=0, lexical_controls=True)
     table = cmp.unit_alignment(root / "tiny-a@step100", config)
-    raw = table[(table.space == "transfer") & (table.hypothesis == "phenomenon") & (table.controlled == "none")].iloc[0]
+    raw = table[(table.space == "transfer_accuracy") & (table.hypothesis == "phenomenon") & (table.controlled == "none")].iloc[0]
     space = pd.read_csv(root / "tiny-a@step100" / "probing" / "task_space_transfer.csv", index_col=0).loc[sorted(TASKS), sorted(TASKS)]
     hyp = sp.hypothesis_space(meta.loc[sorted(TASKS)], "phenomenon")
     off = ~np.eye(len(TASKS), dtype=bool)
@@ -140,7 +140,8 @@ def test_compare_units_writes_everything_and_findings(run, tmp_path):
         assert not tables[name].empty, name
     assert tables["accuracy"].loc["tiny-a@step100", "blimp_accuracy"] == pytest.approx(np.mean(np.linspace(0.5, 0.75, 8)))
     stab = tables["stability"]
-    assert len(stab[(stab.family == "tiny-a") & (stab.space == "transfer")]) == 2
+    assert len(stab[(stab.family == "tiny-a") & (stab.space == "transfer_margin")]) == 2
+    assert len(stab[(stab.family == "tiny-a") & (stab.space == "transfer_accuracy")]) == 2
     lines = cmp.describe_findings(tables)
     assert any("step 0" in line for line in lines) and all(isinstance(x, str) for x in lines)
     assert json.loads((tmp_path / "cmp" / "config.json").read_text())["config"]["n_permutations"] == 49

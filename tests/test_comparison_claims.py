@@ -212,6 +212,31 @@ def test_incisive_stage_detection(tmp_path, pairs, phen):
     assert row.value == pytest.approx(hand, abs=1e-12) and row.verdict == "contradicted"
 
 
+def test_a_family_without_seed_twins_borrows_the_pre_training_seed_ceiling(tmp_path, pairs, phen):
+    """The quick profile's case: tiny-m has checkpoints but no second seed, tiny-s has three seeds
+    at its final step; tiny-m's consecutive agreement is contrasted with the mean agreement between
+    tiny-s and its other seeds (hand computation), labelled with where the ceiling comes from."""
+    rng = np.random.default_rng(5)
+    noisy = lambda base, sd=0.1: pd.DataFrame(base + rng.normal(0, sd, base.shape), index=TASKS, columns=TASKS)
+    base = rng.normal(size=(12, 12))
+    for step in (0, 100):
+        _unit(tmp_path, pairs, "tiny-m", step, 2000, noisy(base))
+    for k, family in enumerate(["tiny-s", "tiny-s-seed1", "tiny-s-seed2"]):
+        _unit(tmp_path, pairs, family, 100, 1000, noisy(base, 0.5))
+    table = cmp.claims_table(cmp.discover_units(tmp_path), CONFIG)
+    row = _pick(table, "C3", "tiny-m: spearman(step0, step100) − pre-training-seed (tiny-s @ step100) ceiling",
+                "rank agreement with the next")
+    read = lambda unit: pd.read_csv(tmp_path / unit / "probing" / "task_space_transfer_margin.csv", index_col=0).to_numpy()
+    off = ~np.eye(12, dtype=bool)
+    rho = lambda a, b: stats.spearmanr(read(a)[off], read(b)[off]).statistic
+    ceiling = np.mean([rho("tiny-s@step100", "tiny-s-seed1@step100"), rho("tiny-s@step100", "tiny-s-seed2@step100")])
+    assert row.value == pytest.approx(rho("tiny-m@step0", "tiny-m@step100") - ceiling, abs=1e-12)
+    assert "borrowed" in row.note and row.n_seeds == 2
+    # the checkpoints agree more than the noisier seeds do: above the ceiling, no incisive stage
+    summary = table[table.statistic.str.startswith("number of consecutive")].set_index("contrast")
+    assert summary.loc["tiny-m: incisive stages", "value"] == 0
+
+
 def test_min_detectable_difference_shrinks_with_more_tasks():
     rng = np.random.default_rng(0)
     widths = []

@@ -90,7 +90,7 @@ def test_every_figure_of_the_comparison_has_no_negative_step_label():
                           "is_final": [False, False, False, True]},
                          index=pd.Index(["s@0", "s@1", "s@16", "s@800"], name="unit"))
     acc = pd.DataFrame({"blimp_accuracy": [0.5, 0.52, 0.55, 0.6], "n_tasks": 3, "ties": 0}, index=units.index)
-    stab = pd.DataFrame({"family": "s", "unit": units.index[:3], "step": [0, 1, 16], "space": "transfer",
+    stab = pd.DataFrame({"family": "s", "unit": units.index[:3], "step": [0, 1, 16], "space": "transfer_margin",
                          "rho_next": [0.1, 0.5, 0.8], "rho_final": [0.0, 0.4, 0.9]})
     tables = {"units": units, "accuracy": acc, "stability": stab}
     fig, table = cf.accuracy_figure(tables)

@@ -31,7 +31,9 @@ def test_notebook_04_smoke(tmp_path, tiny_model_dir, tiny_tokenizer):
     assert config["model"] == str(tiny_model_dir) and config["probing"]["ftgd"]["steps"] == 2
     assert json.loads((out / "baseline" / "config.json").read_text())["model"] == str(baseline_dir)
     table = pd.read_csv(out / "alignment_table.csv")
-    assert {"transfer", "transfer @ baseline"} <= set(table["space"]) and "phenomenon" in set(table["hypothesis"])
+    # the accuracy view of 4 smoke test pairs may be constant off the diagonal (then it has no alignment row)
+    assert {"transfer (margin)", "transfer (margin) @ baseline"} <= set(table["space"])
+    assert "phenomenon" in set(table["hypothesis"])
     raw = table[table["controlled"] == "none"]
     assert raw["p_value"].between(0, 1).all() and (table["controlled"] != "none").any()
     assert len(pd.read_csv(out / "alignment_trained_minus_baseline.csv")) == 2

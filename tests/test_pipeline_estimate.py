@@ -18,7 +18,7 @@ def test_work_counts():
     assert est.work("03_ftgd", {"tasks": ["a"], "steps": 50, "batch_size": 16, "n_test": 100}, 4) == \
         4 * (3 * 50 * 16 + 4 * 100)
     assert est.work("04_similarity_probing", {"tasks": ["a", "b"], "steps": 10, "seed2": None}, 67) == \
-        2 * (3 * 2 * 10 * 20 + 4 * 100)
+        2 * (3 * 2 * 10 * 16 + 4 * 100)  # batch 16: FTGDConfig's default, which the probe uses
 
 
 def test_estimate_follows_the_formula_and_prefers_records(workspace):  # noqa: F811

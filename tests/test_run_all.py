@@ -172,5 +172,23 @@ def test_smoke_profile_end_to_end(tmp_path):
             assert (out / unit / f"{stem}.ipynb").exists()
     if (REPO / "notebooks" / "05_scale_and_checkpoints.ipynb").exists():
         assert (out / "report.html").stat().st_size > 1000
+        _check_reference_page(out, tmp_path / "docs")
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=_env())
     assert again.returncode == 0 and again.stdout.count("[skip]") == 3
+
+
+def _check_reference_page(run, docs):
+    """The reference page of a finished run: the command and code version the runner recorded in
+    plan.json, the suite table (Pythia's design holds for the smoke sizes) and every claims row."""
+    import pandas as pd
+
+    from taskspace_utils.reporting.reference import main as reference_main
+
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["command"].startswith("run_all.py --profile smoke --out ")
+    assert reference_main([str(run), "--out", str(docs)]) == 0
+    page = (docs / "index.md").read_text()
+    assert plan["command"] in page and "## The suite" in page and "**holds**" in page
+    claims = pd.read_csv(run / "comparison" / "claims.csv")
+    assert len(claims) and all(contrast in page for contrast in claims["contrast"])
+    assert all((docs / "figures" / f.name).exists() for f in (run / "comparison" / "figures").glob("*.png"))

@@ -9,9 +9,11 @@ against the untrained initialisation (step 0) as baseline:
 1. **Generalisation to phenomena** — alignment of each space with the phenomenon and field
    hypotheses, raw and controlling for lexical overlap (:func:`unit_alignment`), the
    trained-minus-step-0 difference with a task-bootstrap CI (:func:`baseline_differences`), and the
-   generalisation index of the transfer space (:func:`generalisation_summary`).
+   generalisation index of the margin transfer space (:func:`generalisation_summary`).
 2. **Parameter sharing** — overlap (Jaccard) of the task subnetworks within vs. across phenomena,
-   for the whole model (:func:`parameter_sharing`) and per module (:func:`sharing_by_module`).
+   over the non-embedding parameters with the embedding (``embed_in``) and output (``embed_out``)
+   matrices reported apart, for the whole model (:func:`parameter_sharing`, one row per ``scope``)
+   and per module (:func:`sharing_by_module`).
 3. **Stability** — agreement of each checkpoint's space with the next checkpoint's and with the
    final one (:func:`stability`).
 
@@ -23,11 +25,16 @@ Modules: :mod:`.units` (reading a run), :mod:`.alignment`, :mod:`.sharing`, :mod
 :mod:`.claims` and :mod:`.claim_statistics` (the claims table), :mod:`.findings` (all tables, and
 the findings in words).
 
+The headline task space everywhere is the **margin** transfer space, :data:`HEADLINE` =
+``"transfer_margin"``; the accuracy transfer space (``"transfer_accuracy"``, :data:`SECONDARY`) is a
+secondary view and the gradient space a third (:data:`SPACE_FILES`, labels :data:`SPACE_LABELS`).
+
 Public functions
 ----------------
-- :class:`ComparisonConfig`; :func:`discover_units`, :func:`load_unit_spaces`.
+- :class:`ComparisonConfig`; :func:`discover_units`, :func:`load_unit_spaces`; :data:`HEADLINE`,
+  :data:`SECONDARY`, :data:`SPACE_FILES`, :data:`SPACE_LABELS`.
 - :func:`unit_alignment`, :func:`baseline_differences`, :func:`generalisation_summary`,
-  :func:`parameter_sharing`, :func:`sharing_by_module`, :func:`stability`.
+  :func:`parameter_sharing`, :func:`headline_sharing`, :func:`sharing_by_module`, :func:`stability`.
 - :func:`claims_table`, :data:`RULE` (the verdict rule), :func:`model_roles` (size and
   pre-training seed of each unit), :func:`overlap_space` (non-embedding subnetwork overlap).
 - :func:`compare_units` — all of the above for a run, written atomically to
@@ -47,10 +54,14 @@ from .alignment import (
 )
 from .claims import RULE, claims_table, model_roles, overlap_space
 from .findings import compare_units, describe_findings
-from .sharing import parameter_sharing, sharing_by_module
+from .premise import PREMISE_MAX_MEDIAN_CHANGE, plot_premise, premise_table, probe_premise
+from .sharing import SCOPES, headline_sharing, parameter_sharing, sharing_by_module
 from .stability import stability
 from .units import (
+    HEADLINE,
+    SECONDARY,
     SPACE_FILES,
+    SPACE_LABELS,
     ComparisonConfig,
     discover_units,
     gradient_dir,
@@ -60,7 +71,10 @@ from .units import (
 
 __all__ = [
     "ComparisonConfig",
+    "HEADLINE",
+    "SECONDARY",
     "SPACE_FILES",
+    "SPACE_LABELS",
     "discover_units",
     "gradient_dir",
     "load_unit_spaces",
@@ -72,6 +86,8 @@ __all__ = [
     "baseline_difference",
     "describe_alignment",
     "parameter_sharing",
+    "headline_sharing",
+    "SCOPES",
     "sharing_by_module",
     "stability",
     "claims_table",
@@ -80,4 +96,5 @@ __all__ = [
     "overlap_space",
     "compare_units",
     "describe_findings",
+    "premise_table", "probe_premise", "plot_premise", "PREMISE_MAX_MEDIAN_CHANGE",
 ]

@@ -3,9 +3,12 @@
 For every space of a unit: the rank correlation of its off-diagonal entries with the phenomenon
 and field hypothesis spaces (Mantel test; partial, controlling for lexical overlap), with a task
 bootstrap CI (:func:`unit_alignment`); the trained-minus-step-0 difference of that alignment
-(:func:`baseline_differences`); the generalisation index of the transfer space
-(:func:`generalisation_summary`). :func:`probe_alignment` and :func:`baseline_difference` are the same
-computations on the spaces a probing notebook holds in memory.
+(:func:`baseline_differences`); the generalisation index of a transfer space
+(:func:`generalisation_summary`). Every table lists the spaces in the order of
+:data:`~.units.SPACE_FILES`: the headline margin transfer space first (:data:`~.units.HEADLINE`),
+then the accuracy transfer space (secondary) and the gradient space. :func:`probe_alignment` and
+:func:`baseline_difference` are the same computations on the spaces a probing notebook holds in
+memory.
 """
 
 from __future__ import annotations
@@ -21,8 +24,11 @@ import pandas as pd
 from .. import spaces as sp
 from ..task_data import task_metadata
 from .units import (
+    HEADLINE,
+    SPACE_FILES,
     ComparisonConfig,
     _attempt,
+    check_space,
     hypotheses_for,
     lexical_controls,
     load_unit_spaces,
@@ -83,7 +89,7 @@ def baseline_differences(units: pd.DataFrame, config: ComparisonConfig | None = 
             spaces = load_unit_spaces(row["folder"])
             pairs = unit_pairs(row["folder"])
             meta = task_metadata(pairs)
-            for name in sorted(set(spaces) & set(base_spaces)):
+            for name in [n for n in SPACE_FILES if n in spaces and n in base_spaces]:
                 tasks = sorted(set(spaces[name].index) & set(base_spaces[name].index))
                 controls = lexical_controls(pairs[pairs.task.isin(tasks)], config)
                 for hname, hyp in hypotheses_for(meta, tasks).items():
@@ -103,11 +109,18 @@ def baseline_differences(units: pd.DataFrame, config: ComparisonConfig | None = 
     return pd.DataFrame(rows)
 
 
-def generalisation_summary(units: pd.DataFrame, space: str = "transfer") -> pd.DataFrame:
-    """Per unit, the mean generalisation index of its transfer space
-    (:func:`taskspace_utils.spaces.generalisation_index`: transfer to the rest of the phenomenon,
-    the rest of the field and other fields, each relative to the self-transfer) and the number of
-    tuned tasks whose self-transfer was not positive (excluded from the means)."""
+def generalisation_summary(units: pd.DataFrame, space: str = HEADLINE) -> pd.DataFrame:
+    """Per unit (index), the mean generalisation index of its ``space`` (default the headline
+    margin transfer space; ``"transfer_accuracy"`` for the secondary view), named in the ``space``
+    column.
+
+    :func:`taskspace_utils.spaces.generalisation_index`: for a tuned task ``t`` with self-transfer
+    ``T[t, t] > 0``, the mean of ``T[t, u] / T[t, t]`` over the other paradigms ``u`` of its
+    phenomenon (``same_phenomenon``), over the other phenomena of its field (``same_field``) and
+    over other fields (``other_field``); the columns are the means over tuned tasks, beside
+    ``mean_self_transfer``, ``n_tasks`` and ``n_undefined`` (tasks whose self-transfer was not
+    positive, left out of the means). An unknown ``space`` raises ``ValueError``."""
+    check_space(space)
     rows = []
     for unit, row in units.iterrows():
         spaces = load_unit_spaces(row["folder"])
@@ -120,7 +133,7 @@ def generalisation_summary(units: pd.DataFrame, space: str = "transfer") -> pd.D
         if gi is None:
             continue
         overall = gi.attrs.get("overall", {})
-        rows.append({"unit": unit, **{k: float(v) for k, v in overall.items()},
+        rows.append({"unit": unit, "space": space, **{k: float(v) for k, v in overall.items()},
                      "mean_self_transfer": float(gi["self"].mean()), "n_undefined": int(gi.attrs.get("n_undefined", 0)),
                      "n_tasks": len(gi)})
     return pd.DataFrame(rows).set_index("unit") if rows else pd.DataFrame()

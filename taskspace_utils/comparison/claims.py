@@ -28,7 +28,9 @@ The headline space is the **margin** transfer space (``probing/task_space_transf
   (the ``space`` column says which).
 - **C3**, per family: rank agreement of each checkpoint's space with the next and with the final
   one, minus the noise ceiling — agreement of the same unit's space with its second probing seed
-  (``probing/seed<N>/``) or with another pre-training seed's unit at the same step. An incisive
+  (``probing/seed<N>/``) or with another pre-training seed's unit at the same step (when the
+  family has no such twin, the agreement between the pre-training seeds of the size that has
+  several, at its final step, labelled ``pre-training-seed (tiny-s @ step1000) ceiling``). An incisive
   stage is a consecutive agreement below the ceiling's lower CI bound; a summary row per family says
   whether one occurs. Without a ceiling the agreement is reported alone (kind ``reference``).
 
@@ -58,6 +60,7 @@ from ..task_data import task_metadata
 from . import claim_statistics as cs
 from .claim_statistics import RULE
 from .units import (
+    HEADLINE,
     SPACE_FILES,
     ComparisonConfig,
     _attempt,
@@ -80,8 +83,6 @@ __all__ = [
 
 #: The rule the report prints (alias of :data:`RULE`).
 VERDICT_RULE = RULE
-#: The headline task space (section 2 of the findings issue).
-HEADLINE = "transfer_margin"
 #: Columns of ``claims.csv``.
 COLUMNS = ["claim", "contrast", "statistic", "value", "ci_low", "ci_high", "p_value", "n_tasks", "n_seeds",
            "verdict", "min_detectable", "kind", "space", "units", "note"]  # fmt: skip
@@ -118,11 +119,10 @@ def overlap_space(folder, non_embedding: bool = True) -> tuple[pd.DataFrame, str
     if non_embedding and path.exists():
         long = pd.read_parquet(path)
         if set(OVERLAP_COUNTS) <= set(long.columns):
-            sums = long[~long["module"].isin(EMBEDDING_MODULES)].groupby(["task", "other"])[list(OVERLAP_COUNTS)].sum()
-            union = sums["size_task"] + sums["size_other"] - sums["intersection"]
-            jac = (sums["intersection"] / union.where(union > 0)).unstack("other")
-            jac.columns = jac.columns.astype(str)
-            return jac.loc[sorted(jac.index), sorted(jac.index)], "overlap (non-embedding)"
+            from .sharing import jaccard_from_counts  # sharing imports this module's EMBEDDING_MODULES
+
+            modules = [m for m in long["module"].unique() if m not in EMBEDDING_MODULES]
+            return jaccard_from_counts(long, modules), "overlap (non-embedding)"
     path = stage / "mask_overlap.csv"
     if not path.exists():
         return None
@@ -272,21 +272,44 @@ def _c2_jobs(roles, reader, config):
 
 
 def _ceilings(roles, reader, unit, other):
-    """``[(kind, reference unit, the other checkpoint, [ceiling spaces])]`` for an agreement of
-    ``unit`` with ``other``: the probing-seed and the pre-training-seed ceilings available."""
+    """``[(kind, reference unit, the other checkpoint, [(space, space), ...])]`` for an agreement of
+    ``unit`` with ``other``: the probing-seed and the pre-training-seed ceilings available, each as
+    the pairs of spaces whose agreement is the ceiling. The pre-training-seed ceiling is the
+    agreement of the reference unit with another seed's unit of its size at its step; when no
+    such twin exists, the agreement between the pre-training seeds of the size that has several
+    (at its final step: ``tiny-s`` vs. ``tiny-s-seed1``, ...), a ceiling borrowed from another size
+    and labelled with it."""
     out = []
     for ref, far in ((unit, other), (other, unit)):
         if reader.seed_spaces(ref):
-            out.append(("probing-seed", ref, far, reader.seed_spaces(ref)))
+            out.append(("probing-seed", ref, far, [(reader.space(ref), s) for s in reader.seed_spaces(ref)]))
             break
     for ref, far in ((unit, other), (other, unit)):
         r = roles.loc[ref]
         twins = roles[(roles["size"] == r["size"]) & (roles["step"] == r["step"]) & (roles["seed"] != r["seed"])]
         twins = [reader.space(t) for t in twins.index if reader.space(t) is not None]
         if twins:
-            out.append(("pre-training-seed", ref, far, twins))
-            break
+            out.append(("pre-training-seed", ref, far, [(reader.space(ref), t) for t in twins]))
+            return out
+    borrowed = _seed_groups(roles, reader)
+    if borrowed:
+        (size, step), members = borrowed[0]
+        first, *rest = members
+        out.append((f"pre-training-seed ({size} @ step{int(step)})", unit, other,
+                    [(reader.space(first), reader.space(m)) for m in rest]))
     return out
+
+
+def _seed_groups(roles, reader) -> list[tuple[tuple[str, int], list[str]]]:
+    """Units of one size at one step with two or more pre-training seeds (and a space), the groups
+    at a size's final step first, then by size and step; within a group, the lowest seed first."""
+    have = roles[[reader.space(u) is not None for u in roles.index]]
+    groups = []
+    for (size, step), group in have.groupby(["size", "step"], sort=True):
+        if group["seed"].nunique() >= 2:
+            members = list(group.sort_values("seed").drop_duplicates("seed").index)
+            groups.append((not bool(group["is_final"].all()), size, step, members))
+    return [((size, step), members) for _, size, step, members in sorted(groups, key=lambda g: g[:3])]
 
 
 def _c3_jobs(roles, reader, config):
@@ -307,14 +330,16 @@ def _c3_jobs(roles, reader, config):
                            lambda unit=unit, other=other, tasks=tasks: cs.estimate(
                                stat, [tuple(_arrays([reader.space(unit), reader.space(other)], tasks))],
                                **{k: v for k, v in _boot(config).items() if k != "n_permutations"}))
-                for kind, ref, far, twins in ceilings:
-                    tasks = _common([reader.space(ref), reader.space(far), *twins])
+                for kind, ref, far, pairs in ceilings:
+                    tasks = _common([reader.space(ref), reader.space(far), *[s for p in pairs for s in p]])
 
-                    def run(ref=ref, far=far, twins=twins, tasks=tasks):
-                        r, x, *ys = _arrays([reader.space(ref), reader.space(far), *twins], tasks)
-                        return cs.contrast(stat, [(r, x)], [(r, y) for y in ys], **_boot(config))
+                    def run(ref=ref, far=far, pairs=pairs, tasks=tasks):
+                        r, x = _arrays([reader.space(ref), reader.space(far)], tasks)
+                        return cs.contrast(stat, [(r, x)], [tuple(_arrays(list(p), tasks)) for p in pairs], **_boot(config))
                     yield (dict(base, contrast=f"{pair} {_MINUS} {kind} ceiling", kind="contrast",
-                                statistic=f"rank agreement with the {label} checkpoint minus the {kind} ceiling"), run)
+                                statistic=f"rank agreement with the {label} checkpoint minus the {kind.split(' (')[0]} ceiling",
+                                note=("ceiling borrowed from another size's pre-training seeds" if "(" in kind else "")),
+                           run)
 
 
 def _row(template: dict, res: cs.ContrastResult, direction: int = 1) -> dict:
@@ -325,7 +350,8 @@ def _row(template: dict, res: cs.ContrastResult, direction: int = 1) -> dict:
     if template["claim"] == "C3" and template["kind"] == "contrast":
         low, high = res.side_b_ci
         interval = f"[{low:+.3f}, {high:+.3f}]" if np.isfinite(low) else "(no CI: too few tasks)"
-        row["note"] = f"agreement {res.side_a:+.3f}; ceiling {res.side_b:+.3f} {interval}"
+        row["note"] = "; ".join(filter(None, [f"agreement {res.side_a:+.3f}; ceiling {res.side_b:+.3f} {interval}",
+                                               template.get("note")]))
     return row
 
 

@@ -1,6 +1,11 @@
 """Figures of the comparison across units (notebook 05 and the report): each takes the tables of
 :func:`~taskspace_utils.comparison.compare_units` and returns its figure, or ``None`` when the run
-has nothing to show for it, together with the table it plotted."""
+has nothing to show for it, together with the table it plotted.
+
+Every figure leads with the headline: its left panel is the margin transfer space
+(:data:`~.units.HEADLINE`) or, for subnetwork sharing, the overlap over non-embedding parameters;
+the right panel, when the run has them, holds the secondary views (``accuracy transfer
+(secondary)``, the gradient space; the embedding and output matrices)."""
 
 from __future__ import annotations
 
@@ -13,6 +18,15 @@ from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
 from matplotlib.transforms import blended_transform_factory
 
 from ..plotting import _new_axes
+from .sharing import (
+    ALL_PARAMETERS,
+    EMBEDDING,
+    NON_EMBEDDING,
+    OUTPUT,
+    SCOPES,
+    headline_scope,
+)
+from .units import HEADLINE, SECONDARY, SPACE_FILES, SPACE_LABELS
 
 __all__ = [
     "step_positions",
@@ -146,75 +160,155 @@ def accuracy_figure(tables: Tables) -> tuple[Figure | None, pd.DataFrame]:
     return fig, acc[["unit", "family", "step", "n_parameters", "blimp_accuracy"]]
 
 
+def _ordered(frame: pd.DataFrame, column: str, order) -> pd.DataFrame:
+    """``frame`` with its rows in the order of ``order`` for ``column`` (unknown values last)."""
+    rank = {v: i for i, v in enumerate(order)}
+    return frame.iloc[np.argsort([rank.get(v, len(rank)) for v in frame[column]], kind="stable")]
+
+
+def _space_label(space: str) -> str:
+    return SPACE_LABELS.get(space, space)
+
+
+def _controlled(value: str) -> str:
+    return "raw" if value == "none" else "lexically controlled"
+
+
+def _series(frame: pd.DataFrame, *parts) -> pd.Series:
+    """One legend label per row from ``parts`` (column names or callables of the frame); the
+    family is prefixed when the frame holds more than one."""
+    pieces = [frame[p].astype(str) if isinstance(p, str) else p(frame) for p in parts]
+    if "family" in frame and frame["family"].nunique() > 1:
+        pieces = [frame["family"].astype(str)] + pieces
+    label = pieces[0]
+    for piece in pieces[1:]:
+        label = label + " · " + piece
+    return label
+
+
+def _headline_and_rest(panels, x: str, y: str, figsize=(6.5, 4), **trend) -> Figure | None:
+    """The headline panel and, beside it, the secondary one: ``panels`` is ``[(frame, title), ...]``
+    (each frame with a ``series`` column); empty frames are left out, ``None`` when all are."""
+    panels = [(f, t) for f, t in panels if not f.empty]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(figsize[0] * len(panels), figsize[1]), squeeze=False)
+    for ax, (frame, title) in zip(axes[0], panels):
+        plot_trend(frame, x, y, hue="series", title=title, ax=ax, **trend)
+        ax.get_legend().set_title(None)
+    return fig
+
+
 def alignment_figure(tables: Tables) -> tuple[Figure | None, pd.DataFrame]:
-    """Phenomenon alignment of every space over training; the table: statistic per unit, space,
-    hypothesis and control."""
+    """Phenomenon alignment over training: the headline margin transfer space on the left (raw and
+    lexically controlled), the other spaces on the right (accuracy transfer (secondary), gradient);
+    the table: statistic per space (headline first), unit, hypothesis and control."""
     alignment = tables["alignment"]
     if alignment.empty:
         return None, pd.DataFrame()
     shown = alignment.merge(tables["units"][["family", "step", "n_parameters"]], left_on="unit", right_index=True)
-    table = shown.pivot_table(index=["unit", "space"], columns=["hypothesis", "controlled"], values="statistic")
-    phen = shown[shown.hypothesis == "phenomenon"].assign(series=lambda f: f.space + " · " + f.controlled)
-    fig = plot_trend(phen, "step", "statistic", hue="series", stepx=True, reference=0,
-                     title="Phenomenon alignment over pre-training (all families)")
+    shown = _ordered(shown, "space", SPACE_FILES)
+    table = shown.pivot_table(index=["space", "unit"], columns=["hypothesis", "controlled"], values="statistic",
+                              sort=False)
+    head, rest = _headline_split(shown[shown.hypothesis == "phenomenon"])
+    fig = _headline_and_rest([(head, f"Phenomenon alignment: {_space_label(HEADLINE)} (headline)"),
+                              (rest, "Phenomenon alignment: secondary views")],
+                             "step", "statistic", stepx=True, reference=0)
     return fig, table
 
 
+def _headline_split(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows of the headline space (one series per control) and of the other spaces (one series per
+    space and control), for the two panels of :func:`_headline_and_rest`."""
+    head = rows[rows.space == HEADLINE].assign(series=lambda f: _series(f, lambda g: g.controlled.map(_controlled)))
+    rest = rows[rows.space != HEADLINE].assign(series=lambda f: _series(
+        f, lambda g: g.space.map(_space_label), lambda g: g.controlled.map(_controlled)))
+    return head, rest
+
+
 def baseline_figure(tables: Tables) -> tuple[Figure | None, pd.DataFrame]:
-    """Trained-minus-step-0 phenomenon alignment with its 95 % CI, per family, space and control."""
+    """Trained-minus-step-0 phenomenon alignment with its 95 % CI per family and control: the
+    headline space on the left, the other spaces on the right; the table: every row, headline first."""
     baseline = tables["baseline"]
     if baseline.empty:
         return None, baseline
-    sel = baseline[baseline.hypothesis == "phenomenon"].assign(
-        series=lambda f: f.family + " · " + f.space + " · " + f.controlled)
-    fig = plot_trend(sel, "step", "difference", hue="series", stepx=True, reference=0,
-                     title="Phenomenon alignment: trained − step 0 (95% CI)")
+    baseline = _ordered(baseline, "space", SPACE_FILES)
+    head, rest = _headline_split(baseline[baseline.hypothesis == "phenomenon"])
+    fig = _headline_and_rest([(head, f"Trained − step 0: {_space_label(HEADLINE)} (95% CI)"),
+                              (rest, "Trained − step 0: secondary views")],
+                             "step", "difference", stepx=True, reference=0)
     return fig, baseline
 
 
 def generalisation_figure(tables: Tables) -> tuple[Figure | None, pd.DataFrame]:
-    """Generalisation index (same phenomenon, same field, other fields) over training."""
+    """Generalisation index (same phenomenon, same field, other fields) over training: the headline
+    margin transfer space on the left, the accuracy transfer space (secondary) on the right."""
     gen = tables["generalisation"]
     if gen.empty:
         return None, gen
-    long = tables["units"].join(gen, how="inner").reset_index().melt(
-        id_vars=["unit", "family", "step", "n_parameters"], value_vars=["same_phenomenon", "same_field", "other_field"],
-        var_name="reach", value_name="index")
-    fig = plot_trend(long, "step", "index", hue="reach", stepx=True, reference=0,
-                     title="Generalisation index over pre-training")
+    gen = gen.assign(space=gen.get("space", SECONDARY))  # tables written before: accuracy
+    gen = _ordered(gen, "space", SPACE_FILES)
+    long = tables["units"][["family", "step", "n_parameters"]].join(gen, how="inner").reset_index().melt(
+        id_vars=["unit", "family", "step", "n_parameters", "space"],
+        value_vars=["same_phenomenon", "same_field", "other_field"], var_name="reach", value_name="index")
+    long = long.assign(series=lambda f: _series(f, "reach"))
+    fig = _headline_and_rest([(long[long.space == HEADLINE], f"Generalisation index: {_space_label(HEADLINE)}"),
+                              (long[long.space != HEADLINE], f"Generalisation index: {_space_label(SECONDARY)}")],
+                             "step", "index", stepx=True, reference=0)
     return fig, gen
 
 
 def sharing_figure(tables: Tables) -> tuple[Figure | None, pd.DataFrame]:
-    """Within- minus across-phenomenon subnetwork overlap over training, per family."""
+    """Within- minus across-phenomenon subnetwork overlap over training, per family (95% CI over
+    task pairs): the headline scope, non-embedding parameters, on the left; the embedding
+    (``embed_in``) and output (``embed_out``) matrices and all parameters on the right; the table:
+    every row, headline scope first."""
     sharing = tables["sharing"]
     if sharing.empty:
         return None, sharing
-    share = tables["units"].join(sharing, how="inner").reset_index()
+    sharing = sharing.assign(scope=sharing.get("scope", ALL_PARAMETERS))
+    sharing = _ordered(sharing, "scope", SCOPES)
+    headline = headline_scope(sharing["scope"])
+    share = tables["units"][["family", "step"]].join(sharing, how="inner").reset_index()
     share = share.rename(columns={"difference_ci_low": "ci_low", "difference_ci_high": "ci_high"})
-    fig = plot_trend(share, "step", "difference", hue="family", stepx=True, reference=0,
-                     title="Subnetwork overlap: within − across phenomena")
+    head = share[share.scope == headline].assign(series=lambda f: f.family.astype(str))
+    rest = share[share.scope != headline].assign(series=lambda f: f.family.astype(str) + " · " + f.scope)
+    fig = _headline_and_rest([(head, f"Subnetwork overlap ({headline}): within − across phenomena"),
+                              (rest, "Reported apart: embedding and output matrices; all parameters")],
+                             "step", "difference", stepx=True, reference=0)
     return fig, sharing
 
 
 def module_sharing_figure(tables: Tables) -> tuple[Figure | None, pd.DataFrame]:
-    """Heatmap of ``same phenomenon − other field`` overlap per module (rows) and unit (columns)."""
+    """Heatmap of ``same phenomenon − other field`` overlap per module (rows: the non-embedding
+    whole, each non-embedding module, then the embedding and output matrices below a line) and
+    unit (columns)."""
     modules = tables["sharing_modules"]
     if modules.empty:
         return None, modules
+    column = "module" if "module" in modules else "space"  # tables written before the scopes: "space"
     mod = modules.assign(excess=modules.same_phenomenon - modules.other_field)
-    grid = mod.pivot_table(index="space", columns="unit", values="excess", sort=False)
+    grid = mod.pivot_table(index=column, columns="unit", values="excess", sort=False)
     fig, ax = plt.subplots(figsize=(1.2 * grid.shape[1] + 3, 0.3 * grid.shape[0] + 2))
     sns.heatmap(grid, cmap="RdBu_r", center=0, ax=ax, cbar_kws={"label": "same phenomenon − other field"})
+    rows = list(grid.index)
+    for cut in ([1] if rows[:1] == [NON_EMBEDDING] else []) + [
+            i for i in range(1, len(rows)) if rows[i] in (EMBEDDING, OUTPUT) and rows[i - 1] not in (EMBEDDING, OUTPUT)]:
+        ax.axhline(cut, color="black", linewidth=1.5)
     ax.set_title("Where subnetworks of one phenomenon overlap (per module)")
     return fig, grid
 
 
 def stability_figure(tables: Tables) -> tuple[Figure | None, pd.DataFrame]:
-    """Agreement of each checkpoint's space with the final checkpoint's, per family and space."""
+    """Agreement of each checkpoint's space with the final checkpoint's, per family: the headline
+    margin transfer space on the left, the other spaces on the right."""
     stab = tables["stability"]
     if stab.empty:
         return None, stab
-    fig = plot_trend(stab.assign(series=stab.family + " · " + stab.space), "step", "rho_final", hue="series",
-                     stepx=True, reference=0, title="Agreement with the final checkpoint")
+    stab = _ordered(stab, "space", SPACE_FILES)
+    head = stab[stab.space == HEADLINE].assign(series=lambda f: f.family.astype(str))
+    rest = stab[stab.space != HEADLINE].assign(series=lambda f: f.family.astype(str) + " · " + f.space.map(_space_label))
+    fig = _headline_and_rest([(head, f"Agreement with the final checkpoint: {_space_label(HEADLINE)}"),
+                              (rest, "Agreement with the final checkpoint: secondary views")],
+                             "step", "rho_final", stepx=True, reference=0)
     return fig, stab

@@ -12,7 +12,9 @@ __all__ = ["stability"]
 
 def stability(units: pd.DataFrame, config: ComparisonConfig | None = None) -> pd.DataFrame:
     """Per family and space, for each checkpoint (ordered by step): rank correlation (with its
-    permutation p-value) of its space with the next checkpoint's and with the final checkpoint's."""
+    permutation p-value) of its space with the next checkpoint's and with the final checkpoint's.
+    Columns ``family``, ``unit``, ``step``, ``space`` (the headline ``transfer_margin`` first, in
+    the order of :data:`~.units.SPACE_FILES`), ``rho_next``, ``p_next``, ``rho_final``, ``p_final``."""
     config = config or ComparisonConfig()
     rows = []
     for family, group in units.groupby("family", sort=False):

@@ -20,15 +20,50 @@ from .. import spaces as sp
 from ..layout import UnitLayout, run_layout, unit_layout
 from ..task_data import load_task_data
 
-__all__ = ["ComparisonConfig", "SPACE_FILES", "discover_units", "load_unit_spaces", "unit_pairs", "gradient_dir"]
+__all__ = [
+    "ComparisonConfig",
+    "HEADLINE",
+    "SECONDARY",
+    "SPACE_FILES",
+    "SPACE_LABELS",
+    "check_space",
+    "discover_units",
+    "load_unit_spaces",
+    "unit_pairs",
+    "gradient_dir",
+]
 
-#: Task spaces a unit may hold: name -> file (transfer spaces in ``probing/``, the gradient space in
-#: :func:`gradient_dir`).
+#: Task spaces a unit may hold, headline first: name -> file (transfer spaces in ``probing/``, the
+#: gradient space in :func:`gradient_dir`). ``transfer_margin`` is ``T[t, u]`` in mean margin
+#: ``log p(good) - log p(bad)`` (nats), ``transfer_accuracy`` the same in accuracy (written as
+#: ``task_space_transfer.csv``: the file names are those notebook 04 has always written).
 SPACE_FILES = {
-    "transfer": "task_space_transfer.csv",
     "transfer_margin": "task_space_transfer_margin.csv",
+    "transfer_accuracy": "task_space_transfer.csv",
     "gradient": "task_space_gradient.csv",
 }
+#: The headline task space of every comparison table, figure and finding: margin transfer (a
+#: continuous measure; the accuracy space moves in steps of ``1 / n_test`` pairs).
+HEADLINE = "transfer_margin"
+#: The secondary view of the same probe: accuracy transfer.
+SECONDARY = "transfer_accuracy"
+#: How tables, figures and the report name each space.
+SPACE_LABELS = {
+    "transfer_margin": "margin transfer",
+    "transfer_accuracy": "accuracy transfer (secondary)",
+    "gradient": "gradient",
+}
+#: The names these spaces had before (``transfer`` was the accuracy space), for tables written then.
+LEGACY_SPACE_NAMES = {"transfer": "transfer_accuracy"}
+
+
+def check_space(name: str) -> str:
+    """``name`` when it is a key of :data:`SPACE_FILES`; else ``ValueError`` naming the keys (and
+    the new name of a former one)."""
+    if name in SPACE_FILES:
+        return name
+    hint = f" ({name!r} is now {LEGACY_SPACE_NAMES[name]!r})" if name in LEGACY_SPACE_NAMES else ""
+    raise ValueError(f"space={name!r}: use one of {list(SPACE_FILES)}{hint}")
 
 
 def gradient_dir(folder) -> Path:
@@ -106,7 +141,8 @@ def _space_path(unit: UnitLayout, name: str) -> Path:
 
 
 def load_unit_spaces(folder) -> dict[str, pd.DataFrame]:
-    """The task spaces present in a unit folder (see :data:`SPACE_FILES`), tasks as labels."""
+    """The task spaces present in a unit folder, ``{name: tasks x tasks frame}`` in the order of
+    :data:`SPACE_FILES` (the headline ``transfer_margin`` first), tasks as labels."""
     unit = unit_layout(folder)
     out = {}
     for name in SPACE_FILES:

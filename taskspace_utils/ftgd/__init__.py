@@ -13,8 +13,10 @@ Modules
 - :mod:`.delta`: :class:`SparseDelta`, :func:`applied` (apply / revert / save / load a tuned
   model); :func:`delta_by_module`: where (embeddings, which layer's attention or MLP) it changed.
 - :mod:`.tuning`: :func:`tune_task`: tune one task in place, return its delta, restore the model.
-- :mod:`.controls`: :func:`perplexity` (held-out text, BOS-prefix convention of :mod:`.scoring`),
-  :func:`evaluate_model`, :func:`evaluate_control`, :func:`compare_controls`: the controls table
+- :mod:`.validation`: :func:`perplexity` (held-out text, BOS-prefix convention of :mod:`.scoring`),
+  :func:`validation_texts` (the corpus's held-out sentences), :func:`prepare_texts`
+  (:class:`PreparedTexts`: tokenised and collated once, scored for the base and every tuned model).
+- :mod:`.controls`: :func:`evaluate_model`, :func:`evaluate_control`, :func:`compare_controls`: the controls table
   (``ftgd``, ``all_params``, ``random_mask``, ``lm_good``).
 """
 
@@ -28,6 +30,7 @@ from .controls import (
 )
 from .delta import SparseDelta, applied, delta_by_module
 from .tuning import tune_task
+from .validation import PreparedTexts, model_max_tokens, prepare_texts, validation_texts
 
 __all__ = [
     "CONTROLS",
@@ -39,6 +42,10 @@ __all__ = [
     "delta_by_module",
     "tune_task",
     "perplexity",
+    "PreparedTexts",
+    "prepare_texts",
+    "model_max_tokens",
+    "validation_texts",
     "evaluate_model",
     "evaluate_control",
     "compare_controls",

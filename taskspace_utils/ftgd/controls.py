@@ -14,42 +14,30 @@ Each is reported by the gain in target-task test accuracy and mean margin, the m
 other tasks (tuned - base, test pairs), the change in validation perplexity on held-out corpus text
 (general language ability; ``ppl_change = ppl / ppl_base - 1``), and the number of parameters
 changed. Perplexity: ``exp(- sum_s log p(s) / sum_s n_tokens(s))`` in the BOS-prefix convention of
-:mod:`taskspace_utils.scoring`.
+:mod:`taskspace_utils.scoring` (:func:`~.validation.perplexity`; the texts are tokenised and collated
+once per table, :func:`~.validation.prepare_texts`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..encoding import (
-    EncodedPairs,
-    encode,
-    pad_token_id,
-    prefix_token_id,
-    tokenize_sentences,
-)
+from ..encoding import EncodedPairs, encode
 from ..layout import task_file_stem
-from ..models import dtype_identity, eval_mode
-from ..padded import (
-    DEFAULT_BATCH_TOKENS,
-    batches_by_tokens,
-    collate_token_ids,
-    token_logprob_sums,
-)
+from ..models import dtype_identity
 from ..results import atomic_write_csv, atomic_write_json, ensure_run_config, read_json
 from ..scoring import blimp_accuracy, score_pairs
 from .config import CONTROLS, FTGDConfig
 from .delta import SparseDelta, applied
 from .tuning import tune_task
+from .validation import PreparedTexts, model_max_tokens, perplexity, prepare_texts
 
 __all__ = ["ROW_COLUMNS", "perplexity", "evaluate_model", "evaluate_control", "compare_controls"]
 
@@ -59,44 +47,12 @@ ROW_COLUMNS = ("task", "control", "target_acc_base", "target_acc", "target_gain"
                "ppl_change", "n_changed", "frac_changed", "final_loss", "seconds")
 
 
-def perplexity(
-    model,
-    tokenizer,
-    texts: Sequence[str],
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
-    max_tokens: int | None = None,
-    progress: bool | None = None,
-) -> float:
-    """Per-token perplexity of held-out ``texts`` under the kit's scoring convention.
-
-        ppl = exp( - sum_s log p(s) / sum_s n_tokens(s) )
-
-    with ``log p(s)`` the BOS-prefixed sum of token log-probabilities of :mod:`.scoring` (every
-    token of every text is predicted, the first one from BOS alone). Texts longer than
-    ``max_tokens`` (default: the model's ``max_position_embeddings - 1``) are cut to their first
-    ``max_tokens`` tokens; empty texts are skipped. Batches are filled up to ``batch_tokens``
-    padded tokens, longest texts first; run without gradient in eval mode.
-    """
-    limit = max_tokens or int(getattr(model.config, "max_position_embeddings", 2048)) - 1
-    ids = [x[:limit] for x in tokenize_sentences(tokenizer, [str(t) for t in texts]) if len(x)]
-    if not ids:
-        raise ValueError("perplexity: no non-empty texts")
-    prefix, pad = prefix_token_id(tokenizer), pad_token_id(tokenizer)
-    device = next(model.parameters()).device
-    batches = batches_by_tokens(np.array([len(x) for x in ids], dtype=np.int64), None, batch_tokens)
-    total_lp, total_tokens = 0.0, sum(len(x) for x in ids)
-    with eval_mode(model), torch.inference_mode():
-        show = len(batches) > 20 if progress is None else progress
-        for index in tqdm(batches, desc="perplexity", unit="batch", disable=not show, leave=False):
-            batch = collate_token_ids([ids[i] for i in index], prefix, pad, device)
-            total_lp += float(token_logprob_sums(model, batch).double().sum())
-    return math.exp(-total_lp / total_tokens)
-
-
-def evaluate_model(model, tokenizer, test_pairs: pd.DataFrame | EncodedPairs, val_text: Sequence[str] | None) -> dict:
+def evaluate_model(model, tokenizer, test_pairs: pd.DataFrame | EncodedPairs,
+                   val_text: Sequence[str] | PreparedTexts | None) -> dict:
     """Scores of the model as it stands: per task ``accuracy`` and ``mean_margin`` on
     ``test_pairs`` (frame with ``task``, ``good``, ``bad``, or its
-    :class:`~taskspace_utils.encoding.EncodedPairs`), and validation ``perplexity``.
+    :class:`~taskspace_utils.encoding.EncodedPairs`), and validation ``perplexity`` of ``val_text``
+    (texts, or their :class:`~.validation.PreparedTexts`).
 
     Returns ``{"per_task": DataFrame[task -> accuracy, mean_margin], "perplexity": float or nan}``.
     """
@@ -220,6 +176,8 @@ def compare_controls(
                                    "n_val_texts": 0 if val_text is None else len(val_text),
                                    "watched_tasks": sorted(set(test["task"])), **dtype_identity(model),
                                    **dict(run_info or {})})
+    if val_text is not None and len(val_text) and not isinstance(val_text, PreparedTexts):
+        val_text = prepare_texts(tokenizer, val_text, model_max_tokens(model))  # once for every run
     base = None
     rows = []
     runs = [(t, c) for t in tasks for c in controls]

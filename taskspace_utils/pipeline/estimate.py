@@ -77,7 +77,7 @@ def work(stem: str, params: dict, n_tasks: int) -> float:
                     + watched * _count(params, "n_test", 100, 5))
     if stem.startswith("04"):
         probes = 1 + (params.get("baseline_model", "step0") is not None) + (params.get("seed2", 1) is not None)
-        steps, batch = _count(params, "steps", 20, 2), _count(params, "batch_size", 20)
+        steps, batch = _count(params, "steps", 50, 2), _count(params, "batch_size", 16)  # FTGDConfig defaults
         return probes * (3 * tasks * steps * batch + tasks * tasks * _count(params, "n_test", 100, 4))
     return 1.0
 

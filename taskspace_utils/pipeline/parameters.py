@@ -85,6 +85,7 @@ RULES: dict = {
     "mask_mode": Rule("choice", choices=("fixed", "per_step")), "n_val_texts": _COUNT,
     # 04 probing, 05 comparison
     "baseline_model": Rule("str", none=True), "seed2": Rule("int", low=0, none=True),
+    ("04", "n_val_texts"): Rule("int", low=0),  # 0: no validation perplexity in the probe rows
     "n_permutations": _COUNT, "n_boot": _COUNT,
 }
 

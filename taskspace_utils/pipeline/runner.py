@@ -23,8 +23,12 @@ every 30 s: :class:`~.progress.CellReporter`), and the suite build streams the k
 from __future__ import annotations
 
 import io
+import shlex
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 from tqdm import tqdm
@@ -204,9 +208,23 @@ def run(plan: Plan, *, executor: str = "local", scheduler: str | None = None, wo
     return summary
 
 
+def code_version(folder) -> str | None:
+    """``git describe --always --dirty`` of the repository holding ``folder`` (the commit, with
+    ``-dirty`` when the working tree has changes); ``None`` outside a git checkout or without git."""
+    try:
+        done = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=folder,
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
 def _plan_record(plan: Plan) -> dict:
-    """The content of ``<run>/plan.json``: the resolved units with their notebooks' hashes and parameters."""
+    """The content of ``<run>/plan.json``: the command and code version that made the run, and the
+    resolved units with their notebooks' hashes and parameters."""
     return {"profile": plan.profile, "written": now(), "notebooks_dir": str(plan.notebooks_dir),
+            "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "commit": code_version(plan.notebooks_dir),
             "suite": None if plan.suite is None else {"sizes": plan.suite.sizes, "dir": str(plan.suite.suite_dir),
                                                       "smoke": plan.suite.smoke},
             "units": {u.name: {"model": u.spec, "requested": f"{u.model}@{u.revision}",

@@ -11,8 +11,9 @@ Modules
   :class:`~taskspace_utils.ftgd.FTGDConfig`), :func:`select_pairs` (the pairs a probe uses).
 - :mod:`.evaluation`: :func:`prepare_evaluation` (:class:`PreparedEvaluation`): the reusable,
   pre-collated test set (the cost of a probe).
-- :mod:`.probe`: :func:`probe_transfer` -> :class:`TransferResult`; :func:`load_transfer`: read a
-  run folder back (its files are listed there); :func:`load_transfer_deltas`.
+- :mod:`.probe`: :func:`probe_transfer` -> :class:`TransferResult` (with every tuned model's
+  validation-perplexity change, FTGD's premise); :func:`load_transfer`: read a run folder back (its
+  files are listed there); :func:`load_transfer_deltas`.
 - :mod:`.first_order`: :func:`first_order_prediction`, :func:`differential_store`,
   :func:`probe_differentials` (the differentials a probe reads: notebook 02's, else its own).
 - :mod:`.seeds`: :func:`resplit_pairs`, :func:`compare_seeds`: a second probing seed and its
@@ -28,7 +29,9 @@ from .probe import (
     CONFIG_FILE,
     DELTAS_DIR,
     METRICS,
+    PPL_COLUMNS,
     ROWS_DIR,
+    VAL_PPL_FILE,
     TransferResult,
     load_transfer,
     load_transfer_deltas,
@@ -41,6 +44,8 @@ __all__ = [
     "PROBING_FTGD",
     "CONFIG_FILE",
     "BASELINE_FILE",
+    "VAL_PPL_FILE",
+    "PPL_COLUMNS",
     "ROWS_DIR",
     "DELTAS_DIR",
     "BASELINE_COLUMNS",

@@ -9,6 +9,7 @@ scored on the first ``n_test`` rows of its ``split == "test"`` pairs (fewer when
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -19,12 +20,16 @@ from ..encoding import EncodedPairs
 from ..ftgd import FTGDConfig
 from ..padded import DEFAULT_BATCH_TOKENS
 
-__all__ = ["PROBING_FTGD", "ProbingConfig", "select_pairs"]
+__all__ = ["PROBING_FTGD", "N_VAL_TEXTS", "ProbingConfig", "select_pairs"]
 
-#: FTGD defaults of the probing stage (see :class:`ProbingConfig`): the FTGD stage's k and lr,
-#: fewer and larger steps than its 50 x 16 (20 steps x 20 pairs = 400 pair presentations = 4
-#: epochs of 100 training pairs), as in the issue's feasibility probe.
-PROBING_FTGD = FTGDConfig(steps=20, batch_size=20, lr=1e-3, k=0.01)
+#: FTGD defaults of the probing stage: the FTGD stage's (one default for notebooks 03 and 04,
+#: chosen on target gain vs. validation-perplexity damage vs. time; the measurement and the rule are
+#: in :class:`~taskspace_utils.ftgd.FTGDConfig`'s docstring): k = 1 %, Adam at lr 1e-4 on the
+#: margin, 50 steps x 16 pairs (800 pair presentations = 8 epochs of 100 training pairs).
+PROBING_FTGD = FTGDConfig()
+
+#: Default of :attr:`ProbingConfig.n_val_texts` (its docstring gives the measurement).
+N_VAL_TEXTS = 50
 
 
 @dataclass(frozen=True)
@@ -44,20 +49,36 @@ class ProbingConfig:
             for pairs without a ``split`` column, the split seed. A second seed
             (:func:`resplit_pairs` + another ``seed``) tells how stable the space is.
         ftgd: the FTGD settings of every tuned task (:class:`~taskspace_utils.ftgd.FTGDConfig`).
-            Default :data:`PROBING_FTGD`: ``k=0.01`` (top 1 % of ``|D_t|``), Adam at ``lr=1e-3``
-            on the margin, ``steps=20`` of ``batch_size=20`` pairs (400 pair presentations, half
-            the FTGD stage's 50 x 16). Measured (``benchmarks/bench_probing.py --sweep``: trained
-            ``tiny-s``, 6 tasks from 3 phenomena, 100 train / 100 test pairs; mean self-transfer in
-            accuracy / margin, mean accuracy change on the other phenomena): 50 x 16: +0.20 /
-            +32.6 nats / -0.040; 20 x 20: +0.17 / +10.9 / -0.022; 10 x 20: +0.14 / +5.2 / -0.014;
-            20 x 20 at lr 3e-3: +0.21 / +33.9 / -0.044. 20 x 20 keeps 83 % of the accuracy gain of
-            50 x 16 with half its collateral change on unrelated tasks, and transfer within the
-            phenomenon stays clearly positive (+0.58 nats vs. -0.05 to other phenomena). Tuning
-            is a small part of the cost (the evaluation of every test pair after each tuned task
-            dominates: on ``tiny-m`` about 2.5 vs. 17 CPU s per tuned task).
+            Default :data:`PROBING_FTGD`, the FTGD stage's defaults: ``k=0.01`` (top 1 % of
+            ``|D_t|``), Adam at ``lr=1e-4`` on the margin, ``steps=50`` of ``batch_size=16`` pairs.
+            Chosen for both stages by ``benchmarks/bench_ftgd_premise.py`` (``tiny-m``, 4 tasks of 4
+            phenomena, 100 train / 100 test pairs; table and rule in ``FTGDConfig``): the former
+            probing default, lr 1e-3 with 20 x 20, gained the same target accuracy (+0.225) at a
+            median validation-perplexity change of +63 % per tuned task (+9 % to +126 %), this one
+            at +6.8 % (+0.5 % to +9.2 %), so the transfer space is read from models that changed
+            their task, not their language model; its tuning takes twice as long (5.5 vs. 2.7 CPU
+            s per task on 1 thread): +70 % per tuned task of a 12-task probe on 100 test pairs
+            (7.3 vs. ~4.3 s), about +23 % in a 67-task probe, whose evaluation dominates
+            (``benchmarks/bench_probing.py``: tune 1.4 s + evaluate 4.8 s per task on ``tiny-m``). Earlier sweep (``benchmarks/bench_probing.py --sweep``,
+            lr 1e-3 on ``tiny-s``, without perplexity) for the steps x batch size at that rate:
+            50 x 16: +0.20 / +32.6 nats; 20 x 20: +0.17 / +10.9; 10 x 20: +0.14 / +5.2.
         batch_tokens: padded tokens per evaluation batch (:data:`~taskspace_utils.scoring.DEFAULT_BATCH_TOKENS`).
         save_deltas: keep every tuned task's sparse delta in ``deltas/`` (needed by
             :func:`first_order_prediction`; ``tiny-m``: 1 % of 4.9M entries, about 0.8 MB a task).
+        n_val_texts: held-out corpus sentences whose perplexity is measured for the base model
+            (once) and every tuned model (:func:`~taskspace_utils.ftgd.validation_texts`; the
+            ``val_ppl_*`` columns of :func:`probe_transfer`); ``0`` turns it off (NaN columns).
+            Default 50, sized by its cost (``benchmarks/bench_ftgd_premise.py --cost``, ``tiny-m``,
+            the quick profile's 12 transfer tasks, 1 thread, load average ~3 on 2 cores): scoring
+            50 sentences (~1,300 tokens) takes 0.22 s per tuned task, 3.0 % of a default probe's
+            time per task (7.3 s: tuning 50 x 16 on 100 pairs + evaluating 12 x 100 test pairs) and
+            8-11 % of a quick-profile probe's (2.0-2.8 s: 32 pairs, 10-18 steps); 100 sentences
+            took 0.38 s (5.3 % and 16-22 %). Precision, measured against all 6,822 sentences of
+            the split on 12 tuned ``tiny-m`` models (changes +0.1 % to +130 %): the change on 50
+            evenly spaced sentences was off by 0.010 on average (max 0.057, at a change of
+            +1.30), on 100 by 0.013, on 300 by 0.008: about one point of perplexity change, small
+            beside the 10 % of the premise rule; on the 40 tuned models of the trade-off benchmark,
+            50 vs. 300 sentences differed by a median 0.002 (Pearson 0.998).
     """
 
     tasks: tuple[str, ...] | None = None
@@ -68,6 +89,7 @@ class ProbingConfig:
     ftgd: FTGDConfig = PROBING_FTGD
     batch_tokens: int = DEFAULT_BATCH_TOKENS
     save_deltas: bool = True
+    n_val_texts: int = N_VAL_TEXTS
 
     def __post_init__(self):
         for name in ("tasks", "eval_tasks"):
@@ -87,6 +109,10 @@ class ProbingConfig:
             raise ValueError(f"ProbingConfig: n_train={self.n_train}, n_test={self.n_test} must be >= 1")
         if int(self.batch_tokens) < 1:
             raise ValueError(f"ProbingConfig.batch_tokens={self.batch_tokens} must be >= 1")
+        if isinstance(self.n_val_texts, bool) or not isinstance(self.n_val_texts, numbers.Integral) or self.n_val_texts < 0:
+            raise ValueError(f"ProbingConfig.n_val_texts={self.n_val_texts!r}: a count of validation sentences >= 0 "
+                             "(0: no validation perplexity)")
+        object.__setattr__(self, "n_val_texts", int(self.n_val_texts))
 
     def replace(self, **changes) -> "ProbingConfig":
         """A copy with some fields changed (``config.replace(seed=1)``)."""

@@ -12,18 +12,31 @@ is the self-transfer; the normalised variant ``T[t, u] / T[t, t]`` (:meth:`Trans
 with ``normalised=True``, via :func:`taskspace_utils.spaces.normalise_rows`) keeps tasks that are
 easy to tune from dominating.
 
+FTGD's premise (the tuned model changed the task, not the language model): with
+``config.n_val_texts > 0`` every tuned model's validation perplexity is measured on the same
+held-out sentences (:func:`taskspace_utils.ftgd.validation_texts`, tokenised once:
+:func:`taskspace_utils.ftgd.prepare_texts`), the base model's once:
+
+    val_ppl = exp(- sum_s log p(s) / sum_s n_tokens(s))      val_ppl_change = val_ppl_tuned / val_ppl_base - 1
+
+(:func:`taskspace_utils.ftgd.perplexity`; 0.05 = 5 % worse). ``n_val_texts = 0``: not measured (NaN).
+
 Files (``out_dir``, the unit's ``probing/`` folder of :mod:`taskspace_utils.layout`; every file written atomically, the run resumes at the next unfinished task):
 
 ==================================  =========================================================
 ``config.json``                     the :class:`ProbingConfig`, tasks, pair counts and hash,
                                     ``run_info`` (e.g. the model); another config refuses
 ``eval_baseline.json``              ``eval1`` per evaluated task (exact floats, reused on resume)
-``rows/<task>.json``                one finished tuned task: ``eval2``, both transfer rows, timings
+``val_perplexity.json``             ``val_ppl_base`` of the untuned model, ``n_val_texts``,
+                                    ``n_tokens`` (reused on resume; absent when ``n_val_texts=0``)
+``rows/<task>.json``                one finished tuned task: ``eval2``, both transfer rows, timings,
+                                    ``val_ppl_base``, ``val_ppl_tuned``, ``val_ppl_change``
 ``deltas/<task>.safetensors``       its :class:`~taskspace_utils.ftgd.SparseDelta` (``save_deltas``)
 ``task_space_transfer.csv``         ``T_acc`` (rows: tuned task, columns: evaluated task)
 ``task_space_transfer_margin.csv``  ``T_margin``
 ``eval_baseline.csv``               ``eval1``: accuracy, mean margin, ties, pairs per task
-``transfer_timings.csv``            per tuned task: seconds tuning / evaluating, entries changed
+``transfer_timings.csv``            per tuned task: seconds tuning / evaluating / scoring the
+                                    validation text, entries changed, the three ``val_ppl_*``
 ==================================  =========================================================
 """
 
@@ -41,10 +54,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..encoding import EncodedPairs, pairs_hash
-from ..ftgd import SparseDelta, applied, tune_task
+from ..ftgd import SparseDelta, applied, model_max_tokens, prepare_texts, tune_task, validation_texts
 from ..layout import CONFIG, task_file_stem
 from ..models import dtype_identity
-from ..results import atomic_write_csv, atomic_write_json, ensure_run_config, read_json
+from ..results import atomic_write_csv, atomic_write_json, config_hash, ensure_run_config, read_json
 from ..spaces import normalise_rows
 from .config import ProbingConfig, _task_lists, select_pairs
 from .evaluation import prepare_evaluation
@@ -53,6 +66,8 @@ __all__ = [
     "METRICS",
     "CONFIG_FILE",
     "BASELINE_FILE",
+    "VAL_PPL_FILE",
+    "PPL_COLUMNS",
     "ROWS_DIR",
     "DELTAS_DIR",
     "BASELINE_COLUMNS",
@@ -66,6 +81,10 @@ __all__ = [
 METRICS = ("accuracy", "margin")
 CONFIG_FILE = CONFIG
 BASELINE_FILE = "eval_baseline.json"
+#: The untuned model's validation perplexity (written once, reused on resume).
+VAL_PPL_FILE = "val_perplexity.json"
+#: Validation-perplexity fields of every row and columns of the per-task table (module docstring).
+PPL_COLUMNS = ("val_ppl_base", "val_ppl_tuned", "val_ppl_change")
 ROWS_DIR = "rows"
 BASELINE_COLUMNS = ["accuracy", "mean_margin", "ties", "n_pairs"]
 DELTAS_DIR = "deltas"
@@ -79,8 +98,10 @@ class TransferResult:
         accuracy: ``T_acc`` (index ``tuned``, columns ``evaluated``; accuracy points as fractions).
         margin: ``T_margin`` (nats of mean margin).
         baseline: ``eval1`` per evaluated task (``accuracy``, ``mean_margin``, ``ties``, ``n_pairs``).
-        timings: per tuned task ``tune_seconds``, ``eval_seconds``, ``n_changed``, ``n_masked``,
-            ``final_loss``, ``resumed`` (read from a finished row rather than computed now).
+        timings: the per-tuned-task table: ``tune_seconds``, ``eval_seconds``, ``ppl_seconds``
+            (scoring the validation text), ``n_changed``, ``n_masked``, ``final_loss``,
+            ``val_ppl_base``, ``val_ppl_tuned``, ``val_ppl_change`` (module docstring; NaN when
+            not measured) and ``resumed`` (read from a finished row rather than computed now).
         config: the ``config.json`` content.
         out_dir: the run folder (``None`` for results not on disk).
     """
@@ -108,6 +129,16 @@ class TransferResult:
         return pd.DataFrame({m: [self.space(m).loc[t, t] for t in tasks] for m in METRICS},
                             index=pd.Index(tasks, name="task"))
 
+    @property
+    def premise(self) -> pd.DataFrame:
+        """Per tuned task (index ``task``): the self-transfer in ``accuracy`` and ``margin`` (NaN
+        for a task that is not evaluated) beside ``val_ppl_base``, ``val_ppl_tuned`` and
+        ``val_ppl_change`` (relative, ``tuned / base - 1``): what tuning bought on the task and
+        what it cost the language model."""
+        diag = self.self_transfer.reindex(self.timings.index)
+        diag.index.name = "task"
+        return diag.join(self.timings[list(PPL_COLUMNS)].rename_axis("task"))
+
 
 def _space_frame(rows: Sequence[dict], key: str, tasks: list[str], eval_tasks: list[str]) -> pd.DataFrame:
     frame = pd.DataFrame([[row[key][u] for u in eval_tasks] for row in rows], index=tasks, columns=eval_tasks, dtype=float)
@@ -132,6 +163,7 @@ def probe_transfer(
     differentials: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     run_info: Mapping | None = None,
     progress: bool = True,
+    val_texts: Sequence[str] | None = None,
 ) -> TransferResult:
     """The transfer task space of ``model`` over ``config.tasks`` (module docstring), resumable.
 
@@ -153,21 +185,29 @@ def probe_transfer(
             there too when it is not float32 (``"dtype": "bfloat16"``), so a bf16 and a float32
             probe never mix either (float32 configs are unchanged).
         progress: tqdm bar over tuned tasks.
+        val_texts: held-out texts for the validation perplexity, of which the first
+            ``config.n_val_texts`` are used (default: ``validation_texts(config.n_val_texts)``,
+            sentences evenly spaced over the corpus's validation split,
+            :func:`~taskspace_utils.ftgd.validation_texts`). Their hash is part of the config, so a
+            resumed run scores the same texts and reuses the base perplexity of ``val_perplexity.json``.
 
     Returns:
         :class:`TransferResult`. Cost: ``eval1`` + per tuned task one FTGD run (``steps``
         forward/backward passes of ``2 * batch_size`` sentences, plus the differential of its
-        training pairs unless given) and one evaluation of every test sentence.
+        training pairs unless given), one evaluation of every test sentence and one scoring of the
+        ``n_val_texts`` validation sentences (see :class:`ProbingConfig` for its share).
     """
     folder = Path(out_dir)
     frame = pairs.pairs if isinstance(pairs, EncodedPairs) else pairs
     train, test = select_pairs(frame, config)
     tasks, eval_tasks = _task_lists(frame.assign(task=frame["task"].astype(str)), config)
+    texts = _validation(val_texts, int(config.n_val_texts))
     identity = {
         "probing": dataclasses.asdict(config) | {"tasks": tasks, "eval_tasks": eval_tasks},
         "n_train": train.groupby("task").size().to_dict(),
         "n_test": test.groupby("task").size().to_dict(),
         "pairs_sha": pairs_hash(pd.concat([train, test])),
+        **({"val_texts_sha": config_hash(texts)} if texts else {}),
         **dtype_identity(model),
         **dict(run_info or {}),
     }
@@ -180,6 +220,8 @@ def probe_transfer(
         baseline = prepared.evaluate(model)
         atomic_write_json(baseline_path, baseline.reset_index().to_dict(orient="list"))
     atomic_write_csv(folder / "eval_baseline.csv", baseline)
+    val = prepare_texts(tokenizer, texts, model_max_tokens(model), config.batch_tokens) if texts else None
+    ppl_base = _base_perplexity(folder, model, val)
     train_by_task = {t: g for t, g in train.groupby("task", sort=True)}
     tuning = config.tuning
     rows = []
@@ -197,7 +239,9 @@ def probe_transfer(
         tuned_at = time.perf_counter()
         with applied(model, delta):
             after = prepared.evaluate(model)
-        finished = time.perf_counter()
+            finished = time.perf_counter()
+            ppl = val.perplexity(model) if val is not None else float("nan")
+        scored = time.perf_counter()
         change = after[["accuracy", "mean_margin"]] - baseline[["accuracy", "mean_margin"]]
         row = {
             "task": task,
@@ -207,6 +251,10 @@ def probe_transfer(
             "margin_after": after["mean_margin"].to_dict(),
             "tune_seconds": tuned_at - started,
             "eval_seconds": finished - tuned_at,
+            "ppl_seconds": scored - finished if val is not None else None,
+            "val_ppl_base": _or_none(ppl_base),
+            "val_ppl_tuned": _or_none(ppl),
+            "val_ppl_change": _or_none(ppl / ppl_base - 1.0),
             "n_changed": int(delta.meta["n_changed"]),
             "n_masked": delta.meta.get("n_masked"),
             "final_loss": float(delta.meta["losses"][-1]),
@@ -217,12 +265,43 @@ def probe_transfer(
         atomic_write_json(row_path, row)
         rows.append(row | {"resumed": False})
         if task in eval_tasks:
-            bar.set_postfix(self_acc=f"{row['accuracy'][task]:+.2f}", self_margin=f"{row['margin'][task]:+.2f}")
+            shown = {"self_acc": f"{row['accuracy'][task]:+.2f}", "self_margin": f"{row['margin'][task]:+.2f}"}
+            bar.set_postfix(shown | ({"val_ppl": f"{ppl / ppl_base - 1.0:+.1%}"} if val is not None else {}))
     bar.close()
     result = _result_from_rows(rows, tasks, eval_tasks, baseline, read_json(folder / CONFIG_FILE), folder)
     _write_tables(folder, result)
     return result
 
+
+
+def _validation(val_texts: Sequence[str] | None, n: int) -> list[str]:
+    """The ``n`` validation texts: the first ``n`` of ``val_texts``, else ``validation_texts(n)``."""
+    if val_texts is None:
+        return validation_texts(n)
+    if isinstance(val_texts, str):
+        raise TypeError("probe_transfer: val_texts is a list of texts, not one string")
+    texts = [str(t) for t in list(val_texts)[:n]]
+    if len(texts) < n:
+        raise ValueError(f"probe_transfer: n_val_texts={n} but only {len(texts)} val_texts given")
+    return texts
+
+
+def _base_perplexity(folder: Path, model, val) -> float:
+    """The untuned model's validation perplexity: read from ``val_perplexity.json`` when a run in
+    ``folder`` measured it (same texts: their hash is in the config), else measured and written."""
+    if val is None:
+        return float("nan")
+    path = folder / VAL_PPL_FILE
+    if path.exists():
+        return float(read_json(path)["val_ppl_base"])
+    ppl = val.perplexity(model)
+    atomic_write_json(path, {"val_ppl_base": ppl, "n_val_texts": len(val), "n_tokens": val.n_tokens})
+    return ppl
+
+
+def _or_none(value: float) -> float | None:
+    """JSON has no NaN: a value not measured is written as ``null``."""
+    return None if value != value else float(value)
 
 
 def _read_baseline(path: Path, eval_tasks: list[str]) -> pd.DataFrame:
@@ -231,8 +310,11 @@ def _read_baseline(path: Path, eval_tasks: list[str]) -> pd.DataFrame:
 
 
 def _result_from_rows(rows, tasks, eval_tasks, baseline, config, folder) -> TransferResult:
-    timing_cols = ["tune_seconds", "eval_seconds", "n_changed", "n_masked", "final_loss", "resumed"]
+    timing_cols = ["tune_seconds", "eval_seconds", "ppl_seconds", "n_changed", "n_masked", "final_loss",
+                   *PPL_COLUMNS, "resumed"]
     timings = pd.DataFrame([{c: row.get(c) for c in timing_cols} for row in rows], index=pd.Index(tasks, name="tuned"))
+    for column in ("ppl_seconds", *PPL_COLUMNS):  # null (not measured, or a row of an older run) -> NaN
+        timings[column] = pd.to_numeric(timings[column], errors="coerce").astype(float)
     return TransferResult(
         accuracy=_space_frame(rows, "accuracy", tasks, eval_tasks),
         margin=_space_frame(rows, "margin", tasks, eval_tasks),

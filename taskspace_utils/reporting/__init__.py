@@ -2,7 +2,9 @@
 
 It opens with what was run (one row per unit: model, revision, step, parameters, BLiMP accuracy,
 disk, links to the unit's executed notebooks) and the findings as a table (the claims table of
-``comparison/claims.csv`` when the run has it, else :func:`findings_table`), then one section per
+``comparison/claims.csv`` when the run has it, else :func:`findings_table`), read on the margin
+transfer space and the non-embedding subnetwork overlap (the accuracy transfer space a secondary
+view, the embedding and output matrices reported apart), then one section per
 question — BLiMP accuracy, generalisation to phenomena, parameter sharing, stability — each with its
 figures (:mod:`taskspace_utils.comparison.figures`) and a paragraph generated from the numbers, the
 margin-transfer and gradient task-space heatmaps of every unit, and links to the run-level
@@ -13,7 +15,16 @@ Modules: :mod:`.html` (escaping, tables, figures, the page), :mod:`.findings` (t
 and paragraphs), :mod:`.build` (reading a run and assembling the page).
 """
 
-from .build import CLAIMS, SECTIONS, TABLES, build_report, read_tables, units_overview, write_report
+from .build import (
+    CLAIMS,
+    SECTIONS,
+    TABLES,
+    build_report,
+    read_tables,
+    sharing_at_final_step,
+    units_overview,
+    write_report,
+)
 from .findings import (
     READING_RULE,
     blimp_paragraph,
@@ -33,6 +44,7 @@ __all__ = [
     "build_report",
     "write_report",
     "read_tables",
+    "sharing_at_final_step",
     "units_overview",
     "findings_table",
     "headline_space",

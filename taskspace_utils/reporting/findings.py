@@ -8,6 +8,12 @@ Reading rule of the findings table (fixed, stated in the report): a value with a
 ``above 0`` when the whole interval is above 0, ``below 0`` when it is below, ``includes 0``
 otherwise; a trend (Spearman over models or checkpoints) is ``increases``/``decreases`` when its
 p < 0.05 and ``no monotone trend`` otherwise, and ``not testable`` with fewer than 3 points.
+
+The findings are read on the headline: the margin transfer space
+(:data:`taskspace_utils.comparison.HEADLINE`) and the subnetwork overlap over non-embedding
+parameters (:func:`taskspace_utils.comparison.headline_sharing`); the embedding (``embed_in``) and
+output (``embed_out``) matrices get rows of their own, and the accuracy transfer space is named
+``accuracy transfer (secondary)`` where it appears.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from ..comparison.sharing import EMBEDDING, NON_EMBEDDING, OUTPUT, headline_sharing
+from ..comparison.units import HEADLINE, SPACE_FILES, SPACE_LABELS
 
 __all__ = ["headline_space", "findings_table", "blimp_paragraph", "generalisation_paragraph",
            "sharing_paragraph", "stability_paragraph", "READING_RULE"]
@@ -29,7 +38,8 @@ READING_RULE = ("Reading rule (fixed in advance): a value with a 95% interval is
                 "(Spearman over models or checkpoints) 'increases' or 'decreases' when p < 0.05, "
                 "'no monotone trend' otherwise, and is 'not testable' with fewer than 3 points.")
 
-SPACE_NAMES = {"transfer_margin": "margin transfer", "transfer": "accuracy transfer", "gradient": "gradient"}
+#: How the report names each space (:data:`taskspace_utils.comparison.SPACE_LABELS`).
+SPACE_NAMES = SPACE_LABELS
 
 
 def _get(tables: Tables, name: str) -> pd.DataFrame:
@@ -38,11 +48,20 @@ def _get(tables: Tables, name: str) -> pd.DataFrame:
 
 
 def headline_space(tables: Tables) -> str:
-    """The space the findings are read on: the margin transfer space when the run has it, else the
-    accuracy transfer space, else the gradient space (the first present in ``alignment``)."""
+    """The space the findings are read on: the headline margin transfer space when the run has it,
+    else the accuracy transfer space, else the gradient space (the first of
+    :data:`~taskspace_utils.comparison.SPACE_FILES` present in ``alignment``)."""
     al = _get(tables, "alignment")
     present = set(al["space"]) if "space" in al else set()
-    return next((s for s in ("transfer_margin", "transfer", "gradient") if s in present), "transfer_margin")
+    return next((s for s in SPACE_FILES if s in present), HEADLINE)
+
+
+def _generalisation(tables: Tables, space: str) -> pd.DataFrame:
+    """The rows of the ``generalisation`` table on ``space`` (one per unit)."""
+    gen = _get(tables, "generalisation")
+    if gen.empty or "same_phenomenon" not in gen:
+        return pd.DataFrame()
+    return gen[gen["space"] == space] if "space" in gen else gen
 
 
 def _ci_reading(low: float, high: float) -> str:
@@ -86,15 +105,26 @@ def _row(question, comparison, value, low=np.nan, high=np.nan, p=np.nan, n=np.na
             "p_value": p, "n": n, "reading": reading}
 
 
+def _apart(share: pd.DataFrame, unit: str) -> list[pd.Series]:
+    """The rows of ``unit`` for the embedding and output matrices, reported apart from the headline."""
+    if "scope" not in share or unit not in share.index:
+        return []
+    rows = share.loc[[unit]]
+    return [r for _, r in rows[rows["scope"].isin([EMBEDDING, OUTPUT])].iterrows()]
+
+
 def findings_table(tables: Tables) -> pd.DataFrame:
     """One row per finding: ``question``, ``comparison``, ``value``, ``ci_low``, ``ci_high``,
     ``p_value``, ``n`` (tasks, models or checkpoints) and ``reading`` (:data:`READING_RULE`).
 
     Generalisation: phenomenon alignment of the headline space (:func:`headline_space`) at each
     family's final step, its trend over parameter count, trained − step 0 at the final step, and
-    the generalisation index (same-phenomenon transfer / self-transfer). Sharing: within − across
-    phenomenon subnetwork overlap at the final step and its trend over steps. Stability: the lowest
-    agreement of consecutive checkpoints and the agreement of the first checkpoint with the final."""
+    the generalisation index (same-phenomenon transfer / self-transfer) of that space. Sharing:
+    within − across phenomenon subnetwork overlap in the headline scope (non-embedding parameters;
+    all parameters for a gradient stage without per-module counts) at the final step and its trend
+    over steps, then the same difference for the embedding (``embed_in``) and output (``embed_out``)
+    matrices, each its own row. Stability: the lowest agreement of consecutive checkpoints and the
+    agreement of the first checkpoint with the final, on the headline space."""
     rows, space = [], headline_space(tables)
     name = SPACE_NAMES.get(space, space)
     align, kind = _phenomenon_alignment(tables, space)
@@ -117,27 +147,33 @@ def findings_table(tables: Tables) -> pd.DataFrame:
             rows.append(_row("generalisation", f"phenomenon alignment, trained − step 0, {r['unit']}",
                              r["difference"], r["ci_low"], r["ci_high"], n=r.get("n_tasks", np.nan),
                              reading=_ci_reading(r["ci_low"], r["ci_high"])))
-    gen, units = _get(tables, "generalisation"), _get(tables, "units")
-    if not gen.empty and "same_phenomenon" in gen:
+    gen, units = _generalisation(tables, space), _get(tables, "units")
+    if not gen.empty:
         for unit in units.index[units["is_final"].astype(bool)]:
             if unit in gen.index and np.isfinite(gen.loc[unit, "same_phenomenon"]):
                 g = gen.loc[unit]
                 more = "reaches its phenomenon more than other fields" if g["same_phenomenon"] > g["other_field"] \
                     else "reaches its phenomenon no more than other fields"
-                rows.append(_row("generalisation", f"generalisation index (same phenomenon / self), {unit}",
+                rows.append(_row("generalisation", f"generalisation index (same phenomenon / self), {name} space, {unit}",
                                  g["same_phenomenon"], n=g["n_tasks"] - g["n_undefined"], reading=more))
     share = _get(tables, "sharing")
     if not share.empty and "difference" in share:
-        joined = units.join(share, how="inner")
-        for family, g in joined.groupby("family", sort=False):
+        head = headline_sharing(share)
+        scope = head["scope"].iloc[0] if "scope" in head else "all parameters"
+        for family, g in units[["family", "step"]].join(head, how="inner").groupby("family", sort=False):
             g = g.sort_values("step")
             f = g.iloc[-1]
-            rows.append(_row("sharing", f"subnetwork overlap within − across phenomena, {g.index[-1]}",
+            rows.append(_row("sharing", f"subnetwork overlap within − across phenomena ({scope}), {g.index[-1]}",
                              f["difference"], f["difference_ci_low"], f["difference_ci_high"], f.get("p_value", np.nan),
                              f.get("n_within", np.nan), _ci_reading(f["difference_ci_low"], f["difference_ci_high"])))
             rho, p, n, reading = _trend(g["step"], g["difference"])
-            rows.append(_row("sharing", f"within − across overlap vs. step (Spearman), {family}", rho, p=p, n=n,
-                             reading=reading))
+            rows.append(_row("sharing", f"within − across overlap ({scope}) vs. step (Spearman), {family}", rho, p=p,
+                             n=n, reading=reading))
+            for apart in _apart(share, g.index[-1]):
+                rows.append(_row("sharing", f"subnetwork overlap within − across phenomena ({apart['scope']}), "
+                                 f"{g.index[-1]}", apart["difference"], apart["difference_ci_low"],
+                                 apart["difference_ci_high"], apart.get("p_value", np.nan), apart.get("n_within", np.nan),
+                                 _ci_reading(apart["difference_ci_low"], apart["difference_ci_high"])))
     stab = _get(tables, "stability")
     if not stab.empty and "rho_next" in stab:
         for (family, sp_name), g in stab[stab["space"] == space].groupby(["family", "space"], sort=False):
@@ -206,8 +242,8 @@ def generalisation_paragraph(tables: Tables) -> str:
             text += (f" Against the untrained model (step 0), {len(sel)} trained − step-0 differences of this space: "
                      f"{counts['above 0']} above 0, {counts['below 0']} below 0, {counts['includes 0']} with an interval "
                      f"that includes 0.")
-    gen = _get(tables, "generalisation")
-    if not gen.empty and "same_phenomenon" in gen and gen["same_phenomenon"].notna().any():
+    gen = _generalisation(tables, space)
+    if not gen.empty and gen["same_phenomenon"].notna().any():
         g = gen.dropna(subset=["same_phenomenon"])
         text += (f" Transfer to the other paradigms of a phenomenon, relative to self-transfer, ranges from "
                  f"{g['same_phenomenon'].min():+.3f} to {g['same_phenomenon'].max():+.3f} over {len(g)} units "
@@ -216,38 +252,55 @@ def generalisation_paragraph(tables: Tables) -> str:
 
 
 def sharing_paragraph(tables: Tables) -> str:
-    """Within − across subnetwork overlap at the final step per family, its trend, the top module."""
+    """Within − across subnetwork overlap in the headline scope (non-embedding parameters) at the
+    final step per family and its trend; the embedding and output matrices apart, with the share of
+    the subnetworks they hold; the non-embedding module where one phenomenon's subnetworks overlap most."""
     share, units = _get(tables, "sharing"), _get(tables, "units")
     if share.empty or "difference" not in share:
         return "No subnetwork overlap in this run (notebook 02 not run, or too few tasks per phenomenon)."
-    joined = units.join(share, how="inner")
-    parts = []
-    for family, g in joined.groupby("family", sort=False):
+    head = headline_sharing(share)
+    scope = head["scope"].iloc[0] if "scope" in head else "all parameters"
+    parts, apart = [], []
+    for family, g in units[["family", "step"]].join(head, how="inner").groupby("family", sort=False):
         g = g.sort_values("step")
         f = g.iloc[-1]
         rho, p, _, reading = _trend(g["step"], g["difference"])
         trend = f"Spearman with step {rho:+.2f} (p = {p:.3f}, {reading})" if np.isfinite(rho) else f"trend {reading}"
         parts.append(f"{family} at step {int(f['step'])}: {_fmt(f['difference'], 4)}"
                      f"{_interval(f['difference_ci_low'], f['difference_ci_high'])}, {trend}")
-    text = "Subnetwork overlap within minus across phenomena — " + "; ".join(parts) + "."
+        for r in _apart(share, g.index[-1]):
+            held = r.get("subnetwork_fraction", np.nan)
+            apart.append(f"{r['scope']} of {g.index[-1]} {_fmt(r['difference'], 4)}"
+                         f"{_interval(r['difference_ci_low'], r['difference_ci_high'])}"
+                         + (f", holding {held:.0%} of a task's subnetwork" if np.isfinite(held) else ""))
+    text = f"Subnetwork overlap within minus across phenomena ({scope} parameters) — " + "; ".join(parts) + "."
+    if scope != NON_EMBEDDING:
+        text += " The gradient stage stored no per-module counts, so the overlap is over all parameters."
+    if apart:
+        text += " Reported apart: " + "; ".join(apart) + "."
     modules = _get(tables, "sharing_modules")
-    if not modules.empty and {"same_phenomenon", "other_field"} <= set(modules.columns):
-        excess = (modules["same_phenomenon"] - modules["other_field"]).dropna()
+    column = "module" if "module" in modules else "space"
+    if not modules.empty and {"same_phenomenon", "other_field", column} <= set(modules.columns):
+        body = modules[~modules[column].isin([NON_EMBEDDING, EMBEDDING, OUTPUT, "embed", "head"])]
+        excess = (body["same_phenomenon"] - body["other_field"]).dropna()
         if not excess.empty:
-            top = modules.loc[excess.idxmax()]
-            text += (f" Largest same-phenomenon excess over other fields in one module: {top['space']} of "
+            top = body.loc[excess.idxmax()]
+            text += (f" Largest same-phenomenon excess over other fields in one non-embedding module: {top[column]} of "
                      f"{top['unit']} ({excess.max():+.4f}); {int((excess > 0).sum())} of {len(excess)} "
                      "module × unit cells are positive.")
     return text
 
 
 def stability_paragraph(tables: Tables) -> str:
-    """Range of consecutive-checkpoint agreement and agreement with the final checkpoint."""
+    """Range of consecutive-checkpoint agreement and agreement with the final checkpoint, the
+    headline space first, then the others (labelled)."""
     stab, space = _get(tables, "stability"), headline_space(tables)
     if stab.empty or "rho_next" not in stab:
         return "Fewer than two checkpoints of any family in this run: stability cannot be measured."
     parts = []
-    for (family, name), g in stab.groupby(["family", "space"], sort=False):
+    order = [space] + [s for s in SPACE_FILES if s != space]
+    stab = stab.assign(_order=stab["space"].map(lambda s: order.index(s) if s in order else len(order)))
+    for (_, family, name), g in stab.groupby(["_order", "family", "space"], sort=True):
         g = g.dropna(subset=["rho_next"]).sort_values("step")
         if g.empty:
             continue
@@ -257,5 +310,4 @@ def stability_paragraph(tables: Tables) -> str:
                      f"checkpoint {_fmt(g['rho_final'].iloc[0], 2)} at step {int(g['step'].iloc[0])}")
     if not parts:
         return "No pair of checkpoints with a comparable space in this run."
-    head = [p for p in parts if SPACE_NAMES.get(space, space) in p]
-    return "Rank agreement between checkpoints — " + "; ".join(head + [p for p in parts if p not in head]) + "."
+    return "Rank agreement between checkpoints — " + "; ".join(parts) + "."

@@ -1,7 +1,8 @@
 """Pre-training corpus and tokenizer for the offline model suite (stage 00, before paper section 3).
 
-The paper compares Pythia models of three sizes and their checkpoints; the kit reproduces that
-setting offline by pre-training a small GPT-NeoX suite (:mod:`taskspace_utils.suite`) on the
+The paper compares the authors' own models of three sizes (about 27M, 70M and 203M parameters, not
+released) and their checkpoints; Pythia is the kit's public stand-in, and the kit reproduces the
+setting offline by pre-training a small GPT-NeoX suite in Pythia's design (:mod:`taskspace_utils.suite`) on the
 corpus built here. This module turns the raw sources into a cleaned, bit-reproducible corpus that
 ships in the repository (``data/corpus/``), splits segments for training, and trains the byte-level
 BPE tokenizer.
