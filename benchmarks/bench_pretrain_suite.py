@@ -17,6 +17,10 @@ Measured 2026-11-25 on the idle 2-core machine, fresh clone (``TASKSPACE_SUITE_D
 tokenizer and the notebook's BLiMP curve included: 20 m 44 s). BLiMP, full 1,000 pairs per task:
 step 0 0.507 / 0.503 / 0.515; final tiny-s 0.555, tiny-m 0.567, tiny-l 0.582 (ordered by size;
 >= 0.58). The earlier 1,200 / 1,500 / 1,800-step budget gave tiny-l 0.594 but took ~31 min idle.
+Since issue 16 every size and seed trains 1,000 equal steps (Pythia's design; the budget against
+the suite above is measured by bench_suite_budget.py): full BLiMP of the final models tiny-s 0.561,
+tiny-s-seed1 0.555, tiny-s-seed2 0.555, tiny-m 0.567, tiny-l 0.560 (0.515 at step 0): the largest
+model is below 0.58 and the sizes are not ordered (2026-11-28, scoring.score_pairs on every pair).
 
     python benchmarks/bench_pretrain_suite.py [--suite-dir DIR] [--pairs 100] [--pairs-final 1000]
 """

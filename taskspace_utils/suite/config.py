@@ -38,8 +38,11 @@ _SHAPES = {
 #   194 + 314 + 693 = 1,201 s of training on the idle 2-core machine (2026-11-25). Per step there:
 #   tiny-s 0.243 s, tiny-m 0.314 s, tiny-l 0.462 s (checkpoints and validation included), so N equal
 #   steps cost N x (3 x 0.243 + 0.314 + 0.462) = 1.50 N s: N = 1,000 gives 1,503 s = 1.25x, while
-#   N = 1,100 would be 1.38x. What 1,000 steps cost tiny-l in BLiMP is in the notebook 00 notes and
-#   benchmarks/bench_pretrain_suite.py (its 1,500-step schedule gave 0.582 on all 1,000 pairs).
+#   N = 1,100 would be 1.38x. Measured in one process (benchmarks/bench_suite_budget.py, 2026-11-28,
+#   load 1.6): 0.296 / 0.421 / 0.670 s per step, old 27.7 min, new 33.0 min: 1.19x. What it cost in
+#   BLiMP (67 tasks x 1,000 pairs, final step): tiny-s 0.561 (seeds 0.555, 0.555), tiny-m 0.567,
+#   tiny-l 0.560 (0.515 at step 0): under the 0.58 that tiny-l reached with 1,500 steps, and not
+#   ordered by size (validation loss is: 4.655, 4.538, 4.522). 1,500 equal steps would cost 1.5x.
 #   tiny-m's config is the same as before (1,000 steps, seed 0), so a suite built earlier keeps it.
 SUITE_STEPS = 1000
 CPU_STEPS = {size: SUITE_STEPS for size in SUITE_SIZES}
