@@ -19,7 +19,7 @@ The workflow, in the paper's order (each name is importable from here)::
 
 Names are loaded lazily (PEP 562 ``__getattr__``), so ``import taskspace_utils`` stays cheap for the
 batch runner and the package's modules can be imported on their own. The modules themselves:
-:mod:`.data`, :mod:`.models`, :mod:`.encoding`, :mod:`.scoring` (with :mod:`.padded`,
+:mod:`.data`, :mod:`.models`, :mod:`.encoding`, :mod:`.scoring` (with :mod:`.batching`, :mod:`.padded`,
 :mod:`.prefix_tree`, :mod:`.lm_head`), :mod:`.gradients`, :mod:`.ftgd`, :mod:`.probing`,
 :mod:`.spaces`, :mod:`.comparison`, :mod:`.plotting`, :mod:`.widgets`, :mod:`.pipeline`,
 :mod:`.suite`, :mod:`.task_data`, :mod:`.results`, :mod:`.layout`.

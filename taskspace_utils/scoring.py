@@ -38,15 +38,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .batching import plan_batches
 from .encoding import EncodedPairs, encode, pad_token_id, prefix_token_id, tokenize_sentences
 from .models import context_length, eval_mode
-from .padded import (
-    DEFAULT_BATCH_TOKENS,
-    batches_by_tokens,
-    collate_token_ids,
-    encode_batch,
-    token_logprob_sums,
-)
+from .padded import DEFAULT_BATCH_TOKENS, collate_token_ids, encode_batch, token_logprob_sums
 from .prefix_tree import (
     DEFAULT_TREE_ROW_TOKENS,
     build_prefix_tree_rows,
@@ -134,19 +129,13 @@ def sentence_logprobs(
     use_tree = packing == "tree" or (packing == "auto" and batch_size is None and supports_prefix_tree(model))
     out = np.empty(len(unique), dtype=np.float64)
     with eval_mode(model), torch.inference_mode():
-        if use_tree:
-            tree = build_prefix_tree_rows(ids, row_tokens or DEFAULT_TREE_ROW_TOKENS)
-            batches = list(iter_prefix_tree_batches(tree, batch_tokens))
-            show = len(batches) > 20 if progress is None else progress
-            for rows, index in tqdm(batches, desc="scoring", unit="batch", disable=not show, leave=False):
-                batch = collate_prefix_tree(tree, rows, prefix, pad, sentences=index, device=device)
-                out[index] = prefix_tree_sums(model, batch, len(index)).double().cpu().numpy()
-        else:
-            batches = batches_by_tokens(lengths, batch_size, batch_tokens)
-            show = len(batches) > 20 if progress is None else progress
-            for index in tqdm(batches, desc="scoring", unit="batch", disable=not show, leave=False):
-                batch = collate_token_ids([ids[i] for i in index], prefix, pad, device)
-                out[index] = token_logprob_sums(model, batch).double().cpu().numpy()
+        plan = plan_batches(ids, prefix, pad, tree=use_tree, batch_tokens=batch_tokens,
+                            batch_size=None if use_tree else batch_size,
+                            row_tokens=row_tokens or DEFAULT_TREE_ROW_TOKENS, device=device)
+        show = len(plan) > 20 if progress is None else progress
+        for index, batch in tqdm(plan, total=len(plan), desc="scoring", unit="batch", disable=not show, leave=False):
+            sums = prefix_tree_sums(model, batch, len(index)) if use_tree else token_logprob_sums(model, batch)
+            out[index] = sums.double().cpu().numpy()
     return out[inverse]
 
 

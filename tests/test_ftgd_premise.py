@@ -24,6 +24,8 @@ from taskspace_utils.ftgd import validation as validation_module
 from taskspace_utils.probing import ProbingConfig, load_transfer, load_transfer_deltas, probe, probe_transfer
 from taskspace_utils.results import ConfigMismatchError
 
+from probe_helpers import kill_after_first_tune  # noqa: E402 (tests/ helper)
+
 TASKS = ["anaphor_gender_agreement", "anaphor_number_agreement", "npi_present_1"]
 FAST = FTGDConfig(steps=2, batch_size=4, lr=1e-2, k=0.05)
 VAL = ["The cat sat on the mat.", "Some dogs were barking at the postman.", "She has never seen it.",
@@ -110,15 +112,8 @@ def test_resume_keeps_the_base_perplexity(tiny_lm, pairs, tmp_path, monkeypatch)
     model, tok = tiny_lm
     config = ProbingConfig(tasks=TASKS, n_train=6, n_test=5, ftgd=FAST, n_val_texts=4)
     full = probe_transfer(model, tok, pairs, tmp_path / "full", config, progress=False, val_texts=VAL)
-    real_tune, tuned = probe.tune_task, []
-
-    def killed_after_first(*args, **kwargs):
-        if tuned:
-            raise KeyboardInterrupt("simulated kill")
-        tuned.append(kwargs["task"])
-        return real_tune(*args, **kwargs)
-
-    monkeypatch.setattr(probe, "tune_task", killed_after_first)
+    real_tune = probe.tune_task
+    kill_after_first_tune(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         probe_transfer(model, tok, pairs, tmp_path / "resumed", config, progress=False, val_texts=VAL)
     stored = json.loads((tmp_path / "resumed" / "val_perplexity.json").read_text())["val_ppl_base"]

@@ -20,6 +20,8 @@ from taskspace_utils.probing import ProbingConfig, load_transfer, probe, probe_t
 from taskspace_utils.results import ConfigMismatchError
 from taskspace_utils.scoring import score_pairs
 
+from probe_helpers import kill_after_first_tune  # noqa: E402 (tests/ helper)
+
 TASKS = ["anaphor_gender_agreement", "anaphor_number_agreement", "npi_present_1"]
 FAST = FTGDConfig(steps=2, batch_size=4, lr=1e-2, k=0.05)
 
@@ -78,15 +80,8 @@ def test_resume_recomputes_nothing_and_equals_uninterrupted_run(tiny_lm, pairs, 
     config = ProbingConfig(tasks=TASKS, n_train=6, n_test=5, ftgd=FAST)
     full = probe_transfer(model, tok, pairs, tmp_path / "full", config, progress=False)
 
-    real_tune, tuned = probe.tune_task, []
-
-    def killed_after_first(*args, **kwargs):
-        if tuned:
-            raise KeyboardInterrupt("simulated kill")
-        tuned.append(kwargs["task"])
-        return real_tune(*args, **kwargs)
-
-    monkeypatch.setattr(probe, "tune_task", killed_after_first)
+    real_tune = probe.tune_task
+    tuned = kill_after_first_tune(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         probe_transfer(model, tok, pairs, tmp_path / "resumed", config, progress=False)
     assert tuned == TASKS[:1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -189,6 +190,22 @@ def _check_reference_page(run, docs):
     assert reference_main([str(run), "--out", str(docs)]) == 0
     page = (docs / "index.md").read_text()
     assert plan["command"] in page and "## The suite" in page and "**holds**" in page
+    # the time line: the sum of the notebook seconds in every unit.json and run.json, computed here again
+    from taskspace_utils.reporting.reference import run_seconds
+
+    seconds = [e["seconds"] for u in plan["units"] for e in json.loads((run / u / "unit.json").read_text())["notebooks"].values()]
+    comparison = sum(e["seconds"] for e in json.loads((run / "run.json").read_text())["comparison"].values())
+    t = run_seconds(run)
+    assert t["notebooks"] == len(seconds) > 0 and t["units"] == pytest.approx(sum(seconds))
+    assert t["comparison"] == pytest.approx(comparison) > 0 and t["total"] == pytest.approx(sum(seconds) + comparison)
+    assert f"in {len(seconds)} unit notebooks" in page
     claims = pd.read_csv(run / "comparison" / "claims.csv")
+    # verdicts counted per claim, reference rows left out, against a plain count of the CSV
+    from taskspace_utils.reporting.reference import verdict_counts
+
+    counts = verdict_counts(claims)
+    for (claim, verdict), n in claims[claims["verdict"] != "reference"].value_counts(["claim", "verdict"]).items():
+        assert counts.loc[claim, verdict] == n
+    assert not re.search(r"\|\s*nan\s*\|", page) and str(run) not in page.split("## Units")[1]  # blanks, no paths
     assert len(claims) and all(contrast in page for contrast in claims["contrast"])
     assert all((docs / "figures" / f.name).exists() for f in (run / "comparison" / "figures").glob("*.png"))

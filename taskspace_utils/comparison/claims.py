@@ -22,9 +22,9 @@ The headline space is the **margin** transfer space (``probing/task_space_transf
 - **C2**, per size: within- minus across-phenomenon subnetwork overlap and its lexically
   controlled alignment (partial Mantel statistic) at each checkpoint minus step 0, and the trend of
   both over ``log10(1 + step)``. The overlap is over **non-embedding** parameters when the gradient
-  stage's ``mask_overlap_modules.parquet`` carries per-module counts (:data:`OVERLAP_COUNTS`:
+  stage's ``mask_overlap_modules.parquet`` carries per-module counts (:data:`~.sharing.OVERLAP_COUNTS`:
   ``J = sum_m |M_t n M_u|_m / (sum_m |M_t|_m + sum_m |M_u|_m - sum_m |M_t n M_u|_m)`` over the
-  modules other than :data:`EMBEDDING_MODULES`), else the whole-model ``mask_overlap.csv``
+  modules other than :data:`~.sharing.EMBEDDING_MODULES`), else the whole-model ``mask_overlap.csv``
   (the ``space`` column says which).
 - **C3**, per family: rank agreement of each checkpoint's space with the next and with the final
   one, minus the noise ceiling — agreement of the same unit's space with its second probing seed
@@ -59,6 +59,7 @@ from ..layout import unit_layout
 from ..task_data import task_metadata
 from . import claim_statistics as cs
 from .claim_statistics import RULE
+from .sharing import EMBEDDING_MODULES, OVERLAP_COUNTS, jaccard_from_counts
 from .units import (
     HEADLINE,
     SPACE_FILES,
@@ -86,10 +87,6 @@ VERDICT_RULE = RULE
 #: Columns of ``claims.csv``.
 COLUMNS = ["claim", "contrast", "statistic", "value", "ci_low", "ci_high", "p_value", "n_tasks", "n_seeds",
            "verdict", "min_detectable", "kind", "space", "units", "note"]  # fmt: skip
-#: Modules of :func:`taskspace_utils.gradients.module_groups` left out of the non-embedding overlap.
-EMBEDDING_MODULES = ("embed", "head")
-#: Per-module counts that ``mask_overlap_modules.parquet`` must carry for the non-embedding overlap.
-OVERLAP_COUNTS = ("intersection", "size_task", "size_other")
 
 _SEED = re.compile(r"^(?P<size>.+?)-seed(?P<seed>\d+)$")
 _MINUS = "−"
@@ -119,8 +116,6 @@ def overlap_space(folder, non_embedding: bool = True) -> tuple[pd.DataFrame, str
     if non_embedding and path.exists():
         long = pd.read_parquet(path)
         if set(OVERLAP_COUNTS) <= set(long.columns):
-            from .sharing import jaccard_from_counts  # sharing imports this module's EMBEDDING_MODULES
-
             modules = [m for m in long["module"].unique() if m not in EMBEDDING_MODULES]
             return jaccard_from_counts(long, modules), "overlap (non-embedding)"
     path = stage / "mask_overlap.csv"
@@ -271,14 +266,14 @@ def _c2_jobs(roles, reader, config):
                            stat, steps, [side(by_step[s]) for s in steps], **_boot(config)))
 
 
-def _ceilings(roles, reader, unit, other):
+def _ceilings(roles, reader, unit, other, borrowed):
     """``[(kind, reference unit, the other checkpoint, [(space, space), ...])]`` for an agreement of
     ``unit`` with ``other``: the probing-seed and the pre-training-seed ceilings available, each as
     the pairs of spaces whose agreement is the ceiling. The pre-training-seed ceiling is the
     agreement of the reference unit with another seed's unit of its size at its step; when no
     such twin exists, the agreement between the pre-training seeds of the size that has several
     (at its final step: ``tiny-s`` vs. ``tiny-s-seed1``, ...), a ceiling borrowed from another size
-    and labelled with it."""
+    and labelled with it: ``borrowed`` is :func:`_seed_groups` of the run, computed once."""
     out = []
     for ref, far in ((unit, other), (other, unit)):
         if reader.seed_spaces(ref):
@@ -291,7 +286,6 @@ def _ceilings(roles, reader, unit, other):
         if twins:
             out.append(("pre-training-seed", ref, far, [(reader.space(ref), t) for t in twins]))
             return out
-    borrowed = _seed_groups(roles, reader)
     if borrowed:
         (size, step), members = borrowed[0]
         first, *rest = members
@@ -315,6 +309,7 @@ def _seed_groups(roles, reader) -> list[tuple[tuple[str, int], list[str]]]:
 def _c3_jobs(roles, reader, config):
     method = config.method if config.method in ("spearman", "pearson") else "spearman"
     stat = lambda m, idx: cs.agreement(m[0], m[1], idx, method)
+    borrowed = _seed_groups(roles, reader)
     for family, group in roles.groupby("family", sort=False):
         order = [u for u in group.sort_values("step").index if reader.space(u) is not None]
         for i, unit in enumerate(order[:-1]):
@@ -323,7 +318,7 @@ def _c3_jobs(roles, reader, config):
                 pair = f"{family}: {method}(step{int(roles.loc[unit, 'step'])}, step{int(roles.loc[other, 'step'])})"
                 base = dict(claim="C3", statistic=f"rank agreement with the {label} checkpoint", units=f"{unit};{other}",
                             family=family, target=label)
-                ceilings = _ceilings(roles, reader, unit, other)
+                ceilings = _ceilings(roles, reader, unit, other, borrowed)
                 if not ceilings:
                     tasks = _common([reader.space(unit), reader.space(other)])
                     yield (dict(base, contrast=pair, kind="reference", note="no noise ceiling in this run"),

@@ -14,7 +14,7 @@ their own scopes. Summed over a set of modules ``S`` the counts give the Jaccard
     J_S[t, u] = sum_{m in S} |M_t n M_u|_m / (sum_{m in S} |M_t|_m + sum_{m in S} |M_u|_m - sum_{m in S} |M_t n M_u|_m)
 
 (NaN where the union is empty). The scopes (:data:`SCOPES`, headline first): ``non-embedding``
-(every module but :data:`~.claims.EMBEDDING_MODULES`, the same space as the claims' C2,
+(every module but :data:`EMBEDDING_MODULES`, the same space as the claims' C2,
 :func:`~.claims.overlap_space`), ``embedding (embed_in)``, ``output (embed_out)`` and ``all
 parameters`` (``mask_overlap.csv``). A gradient stage that stored no counts gives no non-embedding
 scope: the whole-model overlap is then the headline (:func:`headline_scope`).
@@ -29,10 +29,11 @@ import pandas as pd
 
 from .. import spaces as sp
 from ..task_data import task_metadata
-from .claims import EMBEDDING_MODULES, OVERLAP_COUNTS
 from .units import ComparisonConfig, _attempt, gradient_dir, unit_pairs
 
 __all__ = [
+    "EMBEDDING_MODULES",
+    "OVERLAP_COUNTS",
     "NON_EMBEDDING",
     "EMBEDDING",
     "OUTPUT",
@@ -48,6 +49,10 @@ __all__ = [
     "sharing_by_module",
 ]
 
+#: Modules of :func:`taskspace_utils.gradients.module_groups` left out of the non-embedding overlap.
+EMBEDDING_MODULES = ("embed", "head")
+#: Per-module counts that ``mask_overlap_modules.parquet`` must carry for the non-embedding overlap.
+OVERLAP_COUNTS = ("intersection", "size_task", "size_other")
 NON_EMBEDDING = "non-embedding"
 EMBEDDING = "embedding (embed_in)"
 OUTPUT = "output (embed_out)"
@@ -59,7 +64,7 @@ _SEPARATE = {"embed": EMBEDDING, "head": OUTPUT}  # the modules of EMBEDDING_MOD
 
 def scope_of_module(module: str) -> str:
     """The scope label of a module of the gradient stage: ``embed`` -> ``embedding (embed_in)``,
-    ``head`` -> ``output (embed_out)``, any other module of :data:`~.claims.EMBEDDING_MODULES` its
+    ``head`` -> ``output (embed_out)``, any other module of :data:`EMBEDDING_MODULES` its
     own name, and every other module ``non-embedding``."""
     if module in EMBEDDING_MODULES:
         return _SEPARATE.get(module, module)

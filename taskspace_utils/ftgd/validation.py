@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..batching import plan_batches
 from ..encoding import pad_token_id, prefix_token_id, tokenize_sentences
 from ..models import eval_mode
-from ..padded import DEFAULT_BATCH_TOKENS, batches_by_tokens, collate_token_ids, token_logprob_sums
+from ..padded import DEFAULT_BATCH_TOKENS, token_logprob_sums
 
 __all__ = ["PreparedTexts", "prepare_texts", "model_max_tokens", "perplexity", "validation_texts"]
 
@@ -57,7 +58,10 @@ def validation_texts(n: int) -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def _validation_sentences() -> tuple[str, ...]:
-    from ..suite.corpus import read_corpus, split_sentences  # local: the suite package is heavy
+    from ..suite.corpus import (  # local: the suite package is heavy
+        read_corpus,
+        split_sentences,
+    )
 
     return tuple(s for paragraph in read_corpus("valid") for s in split_sentences(paragraph))
 
@@ -131,8 +135,7 @@ def prepare_texts(tokenizer, texts: Sequence[str], max_tokens: int | None = None
         raise ValueError("perplexity: no non-empty texts")
     prefix, pad = prefix_token_id(tokenizer), pad_token_id(tokenizer)
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
-    batches = [(np.asarray(index, dtype=np.int64), collate_token_ids([ids[i] for i in index], prefix, pad))
-               for index in batches_by_tokens(lengths, None, int(batch_tokens))]
+    batches = plan_batches(ids, prefix, pad, tree=False, batch_tokens=int(batch_tokens)).collated()
     return PreparedTexts(len(texts), lengths, batches, limit if limit is not None else int(lengths.max()))
 
 

@@ -51,19 +51,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..batching import plan_batches
 from ..encoding import check_variant, encode, pad_token_id, prefix_token_id
 from ..models import accumulation_dtype, eval_mode, model_dtype
 from ..padded import (
     DEFAULT_BATCH_TOKENS,
-    batches_by_tokens,
     collate_token_ids,
     token_logprob_sums,
 )
 from ..prefix_tree import (
-    DEFAULT_TREE_ROW_TOKENS,
-    build_prefix_tree_rows,
-    collate_prefix_tree,
-    iter_prefix_tree_batches,
     prefix_tree_logprobs,
     supports_prefix_tree,
 )
@@ -215,32 +211,22 @@ def _weighted_gradient(model, tokenizer, rows, batch_size, batch_tokens, progres
     total: dict[str, torch.Tensor] = {}  # filled by the first batch's gradients (no zero-filled start)
     prefix, pad = prefix_token_id(tokenizer), pad_token_id(tokenizer)
     weight_dtype = accumulation_dtype(model_dtype(model))  # +-1/N in float32 at least (bf16 would round it)
+    # prefix trees: a good and a bad sentence share the positions of their common beginning,
+    # whose +w and -w token weights cancel, so the LM head skips those positions entirely
     use_tree = batch_size is None and supports_prefix_tree(model)
-    if use_tree:
-        # prefix trees: a good and a bad sentence share the positions of their common beginning,
-        # whose +w and -w token weights cancel, so the LM head skips those positions entirely
-        tree = build_prefix_tree_rows([r[0] for r in rows], DEFAULT_TREE_ROW_TOKENS)
-        batches = list(iter_prefix_tree_batches(tree, batch_tokens))
-    else:
-        lengths = np.array([len(r[0]) for r in rows])
-        batches = batches_by_tokens(lengths, batch_size, batch_tokens)
-    starts, ends, values = (np.array([r[k] for r in rows]) for k in (1, 2, 3))
-    show = len(batches) > 20 if progress is None else bool(progress)
+    plan = plan_batches([r[0] for r in rows], prefix, pad, tree=use_tree, batch_tokens=batch_tokens,
+                        batch_size=batch_size, ranges=([r[1] for r in rows], [r[2] for r in rows]),
+                        weights=[r[3] for r in rows], weight_dtype=weight_dtype, device=device)
+    show = len(plan) > 20 if progress is None else bool(progress)
     with eval_mode(model):
-        for item in tqdm(batches, desc=desc, unit="batch", disable=not show, leave=False):
+        for _, batch in tqdm(plan, total=len(plan), desc=desc, unit="batch", disable=not show, leave=False):
             if use_tree:
-                tree_rows, index = item
-                batch = collate_prefix_tree(tree, tree_rows, prefix, pad, sentences=index, sentence_weights=values[index],
-                                            sentence_ranges=(starts[index], ends[index]), device=device)
                 if not len(batch["node_weight"]):
                     continue
                 lp = prefix_tree_logprobs(model, batch)
                 objective = (lp * batch["node_weight"].to(lp.dtype)).sum()
             else:
-                index = item
-                batch = collate_token_ids([rows[i][0] for i in index], prefix, pad, device)
-                weights = _row_weights(starts[index], ends[index], values[index], batch["input_ids"].shape[1], weight_dtype).to(device)
-                objective = token_logprob_sums(model, batch, token_weights=weights).sum()
+                objective = token_logprob_sums(model, batch, token_weights=batch["token_weights"]).sum()
             grads = torch.autograd.grad(objective, [p for _, p in params], allow_unused=True)
             for (name, p), g in zip(params, grads):
                 if g is None:

@@ -21,19 +21,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..batching import plan_batches
 from ..encoding import EncodedPairs, encode
 from ..models import eval_mode
 from ..padded import (
     DEFAULT_BATCH_TOKENS,
-    batches_by_tokens,
-    collate_token_ids,
     token_logprob_sums,
 )
 from ..prefix_tree import (
-    DEFAULT_TREE_ROW_TOKENS,
-    build_prefix_tree_rows,
-    collate_prefix_tree,
-    iter_prefix_tree_batches,
     prefix_tree_sums,
     supports_prefix_tree,
 )
@@ -178,30 +173,22 @@ def prepare_evaluation(tokenizer, test_pairs: pd.DataFrame | EncodedPairs, tasks
         for ids, out in ((g, good_row), (b, bad_row)):
             if len(ids) > start:
                 out[i] = keys.setdefault((tuple(ids), start), len(keys))
-    rows = list(keys)
-    prefix, pad = encoded.prefix_id, encoded.pad_id
-    lengths = np.array([len(ids) for ids, _ in rows], dtype=np.int64)
-    batches = []
-    for index in batches_by_tokens(lengths, None, int(batch_tokens)):
-        batch = collate_token_ids([list(rows[r][0]) for r in index], prefix, pad)
-        for j, r in enumerate(index):  # score tokens start..n-1 only: collated positions 1+start..n
-            batch["score_mask"][j, : 1 + rows[r][1]] = False
-        batches.append((index, batch))
-    n_scored = int(sum(len(ids) - s for ids, s in rows))
     if packing not in ("auto", "padded"):
         raise ValueError(f"packing={packing!r}: use 'auto' or 'padded'")
+    rows = list(keys)
+    ids = [list(ids) for ids, _ in rows]
+    # score tokens start..n-1 only: the common-prefix tokens of a pair get no LM head
+    ranges = ([start for _, start in rows], [len(x) for x in ids])
+    plans = {tree: plan_batches(ids, encoded.prefix_id, encoded.pad_id, tree=tree, batch_tokens=int(batch_tokens),
+                                ranges=ranges)
+             for tree in ([False, True] if packing == "auto" and rows else [False])}
+    batches = plans[False].collated()
+    n_scored = int(sum(len(x) - s for x, s in zip(ids, ranges[0])))
     tree_batches, n_tree_tokens, n_tree_scored = None, 0, 0
-    if packing == "auto" and rows:
-        tree = build_prefix_tree_rows([ids for ids, _ in rows], DEFAULT_TREE_ROW_TOKENS)
-        starts = np.array([start for _, start in rows], dtype=np.int64)
-        tree_batches = []
-        for tree_rows, index in iter_prefix_tree_batches(tree, batch_tokens):
-            # membership from each row's `start`: the common-prefix nodes of a pair get no LM head
-            batch = collate_prefix_tree(tree, tree_rows, prefix, pad, sentences=index,
-                                        sentence_ranges=(starts[index], lengths[index]))
-            tree_batches.append((index, batch))
-            n_tree_tokens += sum(1 + len(tree["tokens"][r]) for r in tree_rows)
-            n_tree_scored += len(batch["node_row"])
+    if True in plans:
+        tree_batches = plans[True].collated()
+        n_tree_tokens = plans[True].n_positions
+        n_tree_scored = int(sum(len(batch["node_row"]) for _, batch in tree_batches))
     return PreparedEvaluation(tasks, pair_task, good_row, bad_row, batches, len(rows),
-                              int(lengths.sum() + len(rows)), n_scored, tree_batches, n_tree_tokens, n_tree_scored)
+                              plans[False].n_positions, n_scored, tree_batches, n_tree_tokens, n_tree_scored)
 

@@ -11,8 +11,9 @@
   loss, build time) with the BLiMP mean accuracy of its final unit (the unit's
   ``data/eval_blimp.csv``: the pairs notebook 01 scored) and whether Pythia's design holds
   (:func:`taskspace_utils.suite.token_design_problems`);
-- *The claims*: ``comparison/claims.csv`` (C1-C3 with 95 % CIs, permutation p, the verdict by the rule
-  fixed in advance, the smallest detectable difference), then the units table;
+- *The claims*: the verdict rule, the verdicts counted per claim (:func:`verdict_counts`), then
+  ``comparison/claims.csv`` (C1-C3 with 95 % CIs, permutation p, the verdict by the rule fixed in
+  advance, the smallest detectable difference), then the units table (without machine paths);
 - *Figures*: the comparison figures of notebook 05 (``comparison/figures/*.png``), copied.
 
 Tables are Markdown through ``pandas.DataFrame.to_markdown`` (``tabulate``). Nothing is computed
@@ -34,7 +35,7 @@ from ..comparison.claim_statistics import RULE
 from ..layout import run_layout, unit_layout
 from ..results import atomic_write_text, read_json
 
-__all__ = ["CLAIM_COLUMNS", "suite_rows", "write_reference", "main"]
+__all__ = ["CLAIM_COLUMNS", "suite_rows", "verdict_counts", "run_seconds", "write_reference", "main"]
 
 #: The claims table's columns shown on the page, in order.
 CLAIM_COLUMNS = ["claim", "contrast", "statistic", "value", "ci_low", "ci_high", "p_value", "verdict",
@@ -44,6 +45,7 @@ CLAIM_COLUMNS = ["claim", "contrast", "statistic", "value", "ci_low", "ci_high",
 def _markdown(frame: pd.DataFrame, digits: int = 3) -> str:
     if frame.empty:
         return "_(none)_"
+    frame = frame.astype(object).where(frame.notna(), None)  # a missing value is blank, not "nan"
     return frame.to_markdown(index=False, floatfmt=f".{digits}g", missingval="")
 
 
@@ -73,6 +75,37 @@ def suite_rows(run_dir) -> pd.DataFrame | None:
     return table
 
 
+def verdict_counts(claims: pd.DataFrame) -> pd.DataFrame:
+    """Rows of ``claims.csv`` per claim (index) and verdict (columns ``supported``, ``contradicted``,
+    ``inconclusive``, then any other verdict), ``reference`` rows left out."""
+    rows = claims[claims["verdict"] != "reference"]
+    table = pd.crosstab(rows["claim"], rows["verdict"])
+    order = [v for v in ("supported", "contradicted", "inconclusive") if v in table.columns]
+    return table[order + sorted(set(table.columns) - set(order))].rename_axis(columns=None)
+
+
+def run_seconds(run_dir) -> dict[str, float]:
+    """Seconds the run's notebooks took, as the runner recorded them: ``units`` (the sum over every
+    unit's ``unit.json``), ``comparison`` (``run.json``), ``total`` and the number of ``notebooks``.
+    On one machine with the local executor the units run one after another, so ``total`` is about
+    the run's wall time (kernel start-up between notebooks not counted); with Dask it is the work done."""
+    run = run_layout(run_dir)
+    plan = read_json(run.plan)
+    units, count = 0.0, 0
+    for name in plan.get("units") or {}:
+        record = run.unit(name).record
+        for entry in (read_json(record).get("notebooks") or {}).values() if record.exists() else ():
+            units += float(entry.get("seconds") or 0.0)
+            count += 1
+    comparison = sum(float(e.get("seconds") or 0.0) for e in
+                     ((read_json(run.record).get("comparison") or {}).values() if run.record.exists() else ()))
+    return {"units": units, "comparison": comparison, "total": units + comparison, "notebooks": count}
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+
+
 def write_reference(run_dir, out_dir) -> Path:
     """Write ``out_dir/index.md`` and ``out_dir/figures/`` for the run in ``run_dir`` (module
     docstring); returns the page's path. ``FileNotFoundError`` naming the file when the run has no
@@ -96,7 +129,7 @@ def write_reference(run_dir, out_dir) -> Path:
              f"- code: `{plan.get('commit') or 'unknown (not a git checkout)'}`",
              f"- run planned {plan.get('written', '?')}; page written {_dt.datetime.now().isoformat(timespec='seconds')}",
              f"- machine: {os.cpu_count()} CPU cores (wall times depend on the machine and its load)",
-             f"- units: {len(plan.get('units') or {})}", ""]
+             f"- units: {len(plan.get('units') or {})}", f"- time: {_time_line(run.root)}", ""]
 
     suite = suite_rows(run.root)
     if suite is not None:
@@ -113,11 +146,13 @@ def write_reference(run_dir, out_dir) -> Path:
                   "", _markdown(shown), ""]
 
     claims = pd.read_csv(claims_path)
-    lines += ["## The claims", "", f"Verdict rule (fixed in advance): {RULE}", "",
+    lines += ["## The claims", "", f"{RULE}", "",
+              "Verdicts per claim (contrasts only; `reference` rows give the noise floors and ceilings):", "",
+              _markdown(verdict_counts(claims).reset_index()), "",
               _markdown(claims[[c for c in CLAIM_COLUMNS if c in claims.columns]]), ""]
     units_csv = run.comparison / "units.csv"
-    if units_csv.exists():
-        lines += ["## Units", "", _markdown(pd.read_csv(units_csv)), ""]
+    if units_csv.exists():  # without the folder column: a path on the machine that ran it
+        lines += ["## Units", "", _markdown(pd.read_csv(units_csv).drop(columns=["folder"], errors="ignore")), ""]
 
     figures = sorted((run.comparison / "figures").glob("*.png"))
     if figures:
@@ -128,6 +163,12 @@ def write_reference(run_dir, out_dir) -> Path:
     page = out / "index.md"
     atomic_write_text(page, "\n".join(lines))
     return page
+
+
+def _time_line(run_dir) -> str:
+    t = run_seconds(run_dir)
+    return (f"{_minutes(t['total'])} (h:mm:ss) in {t['notebooks']} unit notebooks ({_minutes(t['units'])}) and the "
+            f"comparison ({_minutes(t['comparison'])}), the sum of the times the runner recorded")
 
 
 def main(argv=None) -> int:
