@@ -90,6 +90,7 @@ COLUMNS = ["claim", "contrast", "statistic", "value", "ci_low", "ci_high", "p_va
 
 _SEED = re.compile(r"^(?P<size>.+?)-seed(?P<seed>\d+)$")
 _MINUS = "−"
+_BORROWED = "ceiling borrowed from the pre-training seeds of another size or step (none at this one)"
 
 
 def model_roles(units: pd.DataFrame) -> pd.DataFrame:
@@ -272,8 +273,8 @@ def _ceilings(roles, reader, unit, other, borrowed):
     the pairs of spaces whose agreement is the ceiling. The pre-training-seed ceiling is the
     agreement of the reference unit with another seed's unit of its size at its step; when no
     such twin exists, the agreement between the pre-training seeds of the size that has several
-    (at its final step: ``tiny-s`` vs. ``tiny-s-seed1``, ...), a ceiling borrowed from another size
-    and labelled with it: ``borrowed`` is :func:`_seed_groups` of the run, computed once."""
+    (at its final step: ``tiny-s`` vs. ``tiny-s-seed1``, ...), a ceiling borrowed
+    from another size (or step) and labelled with it: ``borrowed`` is :func:`_seed_groups` of the run, computed once."""
     out = []
     for ref, far in ((unit, other), (other, unit)):
         if reader.seed_spaces(ref):
@@ -333,7 +334,7 @@ def _c3_jobs(roles, reader, config):
                         return cs.contrast(stat, [(r, x)], [tuple(_arrays(list(p), tasks)) for p in pairs], **_boot(config))
                     yield (dict(base, contrast=f"{pair} {_MINUS} {kind} ceiling", kind="contrast",
                                 statistic=f"rank agreement with the {label} checkpoint minus the {kind.split(' (')[0]} ceiling",
-                                note=("ceiling borrowed from another size's pre-training seeds" if "(" in kind else "")),
+                                note=(_BORROWED if "(" in kind else "")),
                            run)
 
 
