@@ -32,12 +32,7 @@ import numpy as np
 import torch
 
 from .padded import DEFAULT_BATCH_TOKENS, batches_by_tokens, collate_token_ids
-from .prefix_tree import (
-    DEFAULT_TREE_ROW_TOKENS,
-    build_prefix_tree_rows,
-    collate_prefix_tree,
-    iter_prefix_tree_batches,
-)
+from .prefix_tree import DEFAULT_TREE_ROW_TOKENS, build_prefix_tree_rows, collate_prefix_tree, iter_prefix_tree_batches
 
 __all__ = ["BatchPlan", "plan_batches"]
 

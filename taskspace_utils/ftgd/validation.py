@@ -58,10 +58,7 @@ def validation_texts(n: int) -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def _validation_sentences() -> tuple[str, ...]:
-    from ..suite.corpus import (  # local: the suite package is heavy
-        read_corpus,
-        split_sentences,
-    )
+    from ..suite.corpus import read_corpus, split_sentences  # local: the suite package is heavy
 
     return tuple(s for paragraph in read_corpus("valid") for s in split_sentences(paragraph))
 
