@@ -5,8 +5,9 @@ builds in at most 1.3x the time of the earlier suite (800 / 1,000 / 1,500 steps 
 ``tiny-m`` / ``tiny-l``), measured on the same machine. A full build of each takes 25-35 minutes
 and a shared machine's load changes within that time, so this script measures what both budgets are
 made of in one process, back to back: the seconds of one optimizer step of every size (the kit's own
-model, optimizer and loss: :func:`taskspace_utils.suite.training.model_config` and
-:func:`~taskspace_utils.suite.training.make_optimizer`, a batch of ``batch_size x seq_len`` tokens of
+model, optimizer and step: :func:`taskspace_utils.suite.training.model_config`,
+:func:`~taskspace_utils.suite.training.make_optimizer` and
+:func:`~taskspace_utils.suite.training.train_step`, a batch of ``batch_size x seq_len`` tokens of
 the real corpus stream), median over ``--steps`` steps after ``--warmup``, the sizes interleaved
 round by round so that a change of load hits all of them alike. Then
 
@@ -34,7 +35,7 @@ def main(argv=None) -> int:
 
     from taskspace_utils import suite
     from taskspace_utils.suite.data import batch_indices, cut_rows, prepare_data
-    from taskspace_utils.suite.training import make_optimizer, model_config
+    from taskspace_utils.suite.training import make_optimizer, model_config, train_step
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
@@ -59,11 +60,7 @@ def main(argv=None) -> int:
         for size, (config, model, optimizer, rows) in runs.items():
             batch = rows[batch_indices(step, config, rows.shape[0])]
             start = time.perf_counter()
-            loss = model(input_ids=batch, labels=batch).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
+            train_step(model, optimizer, batch, config)
             if step >= args.warmup:
                 times[size].append(time.perf_counter() - start)
     per_step = {size: statistics.median(values) for size, values in times.items()}

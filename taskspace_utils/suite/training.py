@@ -38,7 +38,7 @@ from .data import batch_indices, cut_rows, data_order_sha256, prepare_data
 #: (a notebook kernel, a log file), where tqdm's bar is not seen.
 PLAIN_PROGRESS_EVERY_S = 30.0
 
-__all__ = ["build_suite", "train_size", "validation_loss", "model_config", "make_optimizer"]
+__all__ = ["build_suite", "train_size", "validation_loss", "model_config", "make_optimizer", "train_step"]
 
 
 def model_config(config: PretrainConfig, tokenizer):
@@ -61,6 +61,17 @@ def make_optimizer(model: torch.nn.Module, config: PretrainConfig) -> torch.opti
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr, betas=(config.beta1, config.beta2), eps=1e-8, foreach=False)
+
+
+def train_step(model, optimizer, batch: torch.Tensor, config: PretrainConfig) -> torch.Tensor:
+    """One optimizer step on ``batch`` (``[B, T]`` token ids): next-token loss, backward, gradients
+    clipped to ``config.grad_clip`` in global norm, AdamW step. Returns the loss (before the step)."""
+    loss = model(input_ids=batch, labels=batch).loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    return loss
 
 
 @torch.no_grad()
@@ -173,11 +184,7 @@ def _train(config: PretrainConfig, suite_dir: Path, size_dir: Path, device: torc
         batch = train_rows[batch_indices(step, config, train_rows.shape[0])].to(device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
-        loss = model(input_ids=batch, labels=batch).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
+        loss = train_step(model, optimizer, batch, config)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
         if step + 1 in steps:
