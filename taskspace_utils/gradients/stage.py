@@ -373,7 +373,7 @@ def summarise_run(out_dir, config: GradientConfig | None = None, progress: bool 
             return dense_from_summary({n: handle.get_tensor(n) for n in handle.keys()}, shapes)
     else:
         names = list(handles[0].keys())
-        grams, sums, counts = _grams(lambda n: torch.stack([h.get_tensor(n).reshape(-1) for h in handles]), names,
+        grams, sums, counts = _grams(lambda n: [h.get_tensor(n).reshape(-1) for h in handles], names,
                                      config.metric, "gradient space", progress)
 
         def task_tensors(handle):

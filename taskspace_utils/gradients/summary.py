@@ -162,7 +162,7 @@ def gram_pass(tasks: Sequence[str], names: Sequence[str], cache: dict, recompute
         vectors = {t: cache.pop(t) for t in tasks if t in cache}
         for t in tqdm(missing, desc="recomputing differentials", unit="task", disable=not show, leave=False):
             vectors[t] = recompute(t)
-        return _grams(lambda n: torch.stack([flat(vectors[t], n) for t in tasks]), names, "cosine", "gradient space", progress)
+        return _grams(lambda n: [flat(vectors[t], n) for t in tasks], names, "cosine", "gradient space", progress)
     T = len(tasks)
     grams = {n: torch.zeros(T, T, dtype=torch.float64) for n in names}
     sums = {n: torch.zeros(T, dtype=torch.float64) for n in names}

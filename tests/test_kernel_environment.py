@@ -1,0 +1,74 @@
+"""The runner's kernel environment (taskspace_utils.pipeline.plan.kernel_environment): the malloc
+settings, Intel's OpenMP runtime preloaded on Linux x86-64, the user's own settings left alone, and
+the same numbers under either OpenMP runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from taskspace_utils.pipeline.plan import KERNEL_MALLOC_ENV, intel_openmp_library, kernel_environment
+
+INTEL = intel_openmp_library() is not None and platform.system() == "Linux" and platform.machine() == "x86_64"
+
+# Two threads, as the runner's kernels on CI: a matrix product (MKL), a large reduction and a
+# softmax (torch's own parallel loops), a backward pass; every result as its float64 bytes.
+_PROBE = r"""
+import json, os, torch
+torch.set_num_threads(2)
+torch.manual_seed(0)
+a, b = torch.randn(300, 200), torch.randn(200, 500, requires_grad=True)
+c = a @ b
+s = torch.log_softmax(c, dim=-1).sum()
+s.backward()
+maps = open("/proc/self/maps").read()
+print(json.dumps({"values": [c.double().sum().item(), s.item(), b.grad.double().sum().item(), c[7, 11].item()],
+                  "iomp": "libiomp5" in maps, "threads": torch.get_num_threads()}))
+"""
+
+
+def _run(env: dict[str, str]) -> dict:
+    base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "KMP_BLOCKTIME")}
+    out = subprocess.run([sys.executable, "-c", _PROBE], env=base | env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_malloc_settings_and_user_values_kept(monkeypatch):
+    for key in KERNEL_MALLOC_ENV:
+        monkeypatch.delenv(key, raising=False)
+    assert kernel_environment().items() >= KERNEL_MALLOC_ENV.items()
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "123")
+    assert "MALLOC_TOP_PAD_" not in kernel_environment()  # the user's value is inherited, not replaced
+
+
+@pytest.mark.skipif(not INTEL, reason="intel-openmp is a dependency on Linux x86-64 only")
+def test_intel_openmp_preloaded_unless_opted_out(monkeypatch):
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.delenv("KMP_BLOCKTIME", raising=False)
+    monkeypatch.delenv("TASKSPACE_OPENMP", raising=False)
+    env = kernel_environment()
+    assert env["LD_PRELOAD"] == intel_openmp_library() and os.path.isfile(env["LD_PRELOAD"])
+    assert env["KMP_BLOCKTIME"] == "1"
+    monkeypatch.setenv("TASKSPACE_OPENMP", "gnu")
+    assert "LD_PRELOAD" not in kernel_environment() and "KMP_BLOCKTIME" not in kernel_environment()
+    monkeypatch.delenv("TASKSPACE_OPENMP")
+    monkeypatch.setenv("LD_PRELOAD", "/some/user/lib.so")  # the user's preload is never replaced
+    assert "LD_PRELOAD" not in kernel_environment()
+
+
+@pytest.mark.skipif(not INTEL, reason="intel-openmp is a dependency on Linux x86-64 only")
+def test_same_numbers_under_either_openmp_runtime(monkeypatch):
+    """A process started with the kernel environment runs on Intel's runtime and computes the same
+    float32 numbers, bit for bit, as one on torch's GNU runtime (same thread count, same partition)."""
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.delenv("TASKSPACE_OPENMP", raising=False)
+    gnu = _run({})
+    intel = _run({k: v for k, v in kernel_environment().items() if k in ("LD_PRELOAD", "KMP_BLOCKTIME")})
+    assert not gnu["iomp"] and intel["iomp"]
+    assert gnu["threads"] == intel["threads"] == 2
+    assert intel["values"] == gnu["values"]
