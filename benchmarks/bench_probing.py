@@ -82,7 +82,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shapes import suite_or_shaped_model  # noqa: E402
+from _shapes import suite_or_shaped_model, use_kernel_environment  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -215,6 +215,7 @@ def bench_speed(args):
     out = {
         "model": label, "shape": s, "threads": torch.get_num_threads(), "tasks": n_tasks, "tuned_measured": tuned,
         "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
+        "openmp": "intel (preloaded)" if "libiomp5" in os.environ.get("LD_PRELOAD", "") else "torch's own (GNU)",
         "prepare_s": prep_wall,
         "eval_wall_s": eval_wall, "eval_cpu_s": eval_cpu, "score_pairs_wall_s": sp_wall, "score_pairs_cpu_s": sp_cpu,
         "tune_wall_s": tune_wall, "tune_cpu_s": tune_cpu, "eval2_wall_s": eval2_wall, "eval2_cpu_s": eval2_cpu,
@@ -318,6 +319,8 @@ def main(argv=None):
     parser.add_argument("--full", action="store_true", help="also run the whole n x n space end to end and time it")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    if argv is None:  # run from the command line: time the kit in the kernels' environment
+        use_kernel_environment()
     torch.set_num_threads(args.threads)
     if args.sweep:
         args.model = args.model or "tiny-s"

@@ -8,7 +8,7 @@ import torch
 
 from taskspace_utils.batching import plan_batches
 from taskspace_utils.encoding import pad_token_id, prefix_token_id, tokenize_sentences
-from taskspace_utils.padded import token_logprob_sums
+from taskspace_utils.padded import span_mask, span_weights, token_logprob_sums
 from taskspace_utils.prefix_tree import prefix_tree_logprobs
 
 SENTENCES = ["The cat is here.", "The cat was here.", "The cats are here.", "Dogs bark.", "Dogs barked.",
@@ -88,3 +88,18 @@ def test_batch_size_is_for_padded_batches_only(tiny_tokenizer, rows):
         plan_batches(rows[0], 0, 0, tree=True, batch_size=4)
     plan = plan_batches(rows[0], 0, 0, tree=False, batch_size=4)
     assert [len(index) for index, _ in plan] == [4, 4, 1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_span_weights_one_row_at_a_time(dtype):
+    """The span weights every padded path uses (plan, encode_pairs, ghost norms, per-pair) equal a
+    tensor filled row by row: values[r] at collated positions 1 + start .. end, 0 elsewhere."""
+    starts, ends = [0, 2, 1, 3], [4, 5, 1, 6]  # row 2: an empty span
+    values = [1.0, -0.1, 0.3, 1 / 3]
+    width = 7
+    expected = torch.zeros(len(starts), width, dtype=dtype)
+    for row, (s, e, v) in enumerate(zip(starts, ends, values)):
+        expected[row, 1 + s : 1 + e] = v
+    got = span_weights(starts, ends, values, width, dtype)
+    assert got.dtype == dtype and torch.equal(got, expected)
+    assert torch.equal(span_mask(starts, ends, width), expected != 0)

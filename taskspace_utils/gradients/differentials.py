@@ -44,7 +44,6 @@ as ``pairs`` (the pairs are then not tokenised again).
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -57,6 +56,7 @@ from ..models import accumulation_dtype, eval_mode, model_dtype
 from ..padded import (
     DEFAULT_BATCH_TOKENS,
     collate_token_ids,
+    span_weights,
     token_logprob_sums,
 )
 from ..prefix_tree import (
@@ -113,16 +113,6 @@ def _pair_spans(tokenizer, pairs, variant: str):
     return enc.good_ids, enc.bad_ids, start, end_good, end_bad, excluded
 
 
-def _row_weights(starts: Sequence[int], ends: Sequence[int], values: Sequence[float], width: int, dtype) -> torch.Tensor:
-    """``[B, width]`` token weights: ``values[r]`` at the collated positions ``1 + starts[r] ..
-    ends[r]`` (the tokens ``starts[r] .. ends[r] - 1`` of row r; position 0 is the BOS prefix),
-    0 elsewhere."""
-    weights = torch.zeros(len(starts), width, dtype=dtype)
-    for row, (s, e, v) in enumerate(zip(starts, ends, values)):
-        weights[row, 1 + int(s) : 1 + int(e)] = float(v)
-    return weights
-
-
 def encode_pairs(tokenizer, pairs, variant: str = "sentence", device=None, dtype=torch.float32) -> dict:
     """Collate B pairs into one batch of 2B rows (goods, then bads) for :func:`pair_margins`.
 
@@ -148,7 +138,7 @@ def encode_pairs(tokenizer, pairs, variant: str = "sentence", device=None, dtype
     ids = good_ids + bad_ids
     batch = collate_token_ids(ids, prefix_token_id(tokenizer), pad_token_id(tokenizer))
     starts, ends = np.concatenate([start, start]), np.concatenate([end_good, end_bad])
-    batch["token_weights"] = _row_weights(starts, ends, [1.0] * len(ids), batch["input_ids"].shape[1], dtype)
+    batch["token_weights"] = span_weights(starts, ends, [1.0] * len(ids), batch["input_ids"].shape[1], dtype)
     batch["n_pairs"] = len(good_ids)
     if device is not None:
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}

@@ -25,9 +25,10 @@ from ..padded import (
     DEFAULT_BATCH_TOKENS,
     batches_by_tokens,
     collate_token_ids,
+    span_weights,
     token_logprob_sums,
 )
-from .differentials import _pair_spans, _row_weights, _trainable
+from .differentials import _pair_spans, _trainable
 
 __all__ = ["pair_differential_norms"]
 
@@ -182,7 +183,7 @@ def pair_differential_norms(
             starts = [s for i in index for s in (start[i], start[i])]
             ends = [e for i in index for e in (end_good[i], end_bad[i])]
             batch = collate_token_ids(ids, prefix, pad, device)
-            weights = _row_weights(starts, ends, [1.0, -1.0] * len(index), batch["input_ids"].shape[1], dtype).to(device)
+            weights = span_weights(starts, ends, [1.0, -1.0] * len(index), batch["input_ids"].shape[1], dtype).to(device)
             ghost.sq = torch.zeros(len(index), dtype=torch.float64, device=device)
             ghost.row_pair = torch.arange(len(ids), device=device) // 2
             ghost.selected_rows = torch.nonzero(weights[:, 1:] != 0, as_tuple=True)[0]

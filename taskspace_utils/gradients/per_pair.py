@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from ..encoding import pad_token_id, prefix_token_id
 from ..models import accumulation_dtype, eval_mode
-from ..padded import collate_token_ids, token_logprob_sums
-from .differentials import _pair_spans, _row_weights, _trainable
+from ..padded import collate_token_ids, span_weights, token_logprob_sums
+from .differentials import _pair_spans, _trainable
 
 __all__ = ["iter_pair_differentials", "pair_differential_stats", "ParameterSketch"]
 
@@ -90,7 +90,7 @@ def iter_pair_differentials(
             ends = np.concatenate([end_good[positions], end_bad[positions]])
             c = len(positions)
             signs = [1.0] * c + [-1.0] * c
-            weights = _row_weights(starts, ends, signs, batch["input_ids"].shape[1], dtype).to(device)
+            weights = span_weights(starts, ends, signs, batch["input_ids"].shape[1], dtype).to(device)
             if method == "loop":
                 out = _loop_chunk(model, params, batch, weights, c)
             else:
