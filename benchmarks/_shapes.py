@@ -40,11 +40,10 @@ def suite_or_shaped_model(spec: str):
 
 def use_kernel_environment() -> None:
     """Re-execute this benchmark once with the environment the runner gives its kernels
-    (:func:`taskspace_utils.pipeline.plan.kernel_environment`: glibc malloc settings and, on Linux
+    (:func:`taskspace_utils.pipeline.kernel_env.kernel_environment`: glibc malloc settings and, on Linux
     x86-64, Intel's OpenMP runtime), so that it times the kit as the main job runs it. Variables
     already set are kept; ``TASKSPACE_OPENMP=gnu`` keeps torch's GNU OpenMP runtime."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from taskspace_utils.pipeline.plan import kernel_environment
+    from taskspace_utils.pipeline.kernel_env import kernel_environment
 
     env = kernel_environment()
     if env and os.environ.get("TASKSPACE_BENCH_REEXEC") != "1":

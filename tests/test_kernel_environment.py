@@ -1,4 +1,4 @@
-"""The runner's kernel environment (taskspace_utils.pipeline.plan.kernel_environment): the malloc
+"""The runner's kernel environment (taskspace_utils.pipeline.kernel_env.kernel_environment): the malloc
 settings, Intel's OpenMP runtime preloaded on Linux x86-64, the user's own settings left alone, and
 the same numbers under either OpenMP runtime."""
 
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from taskspace_utils.pipeline.plan import KERNEL_MALLOC_ENV, intel_openmp_library, kernel_environment
+from taskspace_utils.pipeline.kernel_env import KERNEL_MALLOC_ENV, intel_openmp_library, kernel_environment
 
 INTEL = intel_openmp_library() is not None and platform.system() == "Linux" and platform.machine() == "x86_64"
 
