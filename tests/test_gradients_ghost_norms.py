@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from gradients_reference import blimp3, max_rel, reference  # noqa: F401  (fixtures)
 from taskspace_utils import gradients as G
@@ -36,3 +37,22 @@ def test_ghost_norms_equal_the_per_pair_norms(tiny_lm64, blimp3, variant, head_c
     assert max_rel({k: v / n for k, v in total.items()}, {k: v * 9 / n for k, v in mean.items()}) < 1e-10
     for p in model.parameters():
         assert p.grad is None
+
+
+def test_by_pair_groups_positions_into_padded_slots():
+    """Independent loop: pair p's positions, in order, then zeros; a view when all pairs are full."""
+    from taskspace_utils.gradients.ghost_norms import _by_pair
+
+    x = torch.arange(24, dtype=torch.float32).reshape(12, 2)
+    pair = torch.tensor([0, 0, 0, 1, 2, 2, 2, 2, 3, 3, 4, 4])
+    out = _by_pair(x, pair, 6)  # pair 5 has no position
+    expected = torch.zeros(6, 4, 2)
+    for p in range(6):
+        rows = x[pair == p]
+        expected[p, : len(rows)] = rows
+    assert torch.equal(out, expected)
+    full = torch.arange(6).repeat_interleave(4)
+    view = _by_pair(x.repeat(2, 1), full, 6)
+    assert view.shape == (6, 4, 2) and torch.equal(view.reshape(-1, 2), x.repeat(2, 1))
+    with pytest.raises(ValueError, match="grouped by pair"):
+        _by_pair(x, pair.flip(0), 6)

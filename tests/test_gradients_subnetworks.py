@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from gradients_reference import random_diffs
 from taskspace_utils import gradients as G
@@ -27,6 +28,35 @@ def test_subnetwork_masks_have_exactly_the_requested_size(k, ties):
         assert per[n].shape == t.shape and int(per[n].sum()) == round(k * t.numel())
         if 0 < per[n].sum() < t.numel():
             assert t.abs()[per[n]].min() >= t.abs()[~per[n]].max()
+
+
+@pytest.mark.parametrize("zeros", [0.0, 0.5, 0.98, 1.0])
+def test_kth_largest_is_the_sorted_order_statistic(zeros):
+    rng = np.random.default_rng(1)
+    values = np.abs(rng.standard_normal(5000)).astype(np.float32)
+    values[: int(zeros * values.size)] = 0
+    values[-40:] = values[-1]  # ties among the positive entries too
+    rng.shuffle(values)
+    before = values.copy()
+    descending = np.sort(values)[::-1]
+    for count in (1, 7, 40, 41, 100, 2500, 4999, 5000):
+        assert G.subnetworks.kth_largest(values, count) == descending[count - 1]
+    np.testing.assert_array_equal(values, before)  # the input is not reordered
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_masks_of_mostly_zero_differentials_follow_the_stable_sort(dtype):
+    """A summary's zero-filled differential: ties at zero go to the lower flat index."""
+    torch.manual_seed(0)
+    diffs = {"a": torch.zeros(300, 7, dtype=dtype), "b": torch.zeros(500, dtype=dtype)}
+    diffs["a"].view(-1)[torch.randperm(2100)[:30]] = torch.randn(30).to(dtype)
+    diffs["b"][torch.randperm(500)[:10]] = torch.randn(10).to(dtype)
+    flat = np.concatenate([t.reshape(-1).abs().float().numpy() for t in diffs.values()])
+    for k in (0.005, 0.01, 0.05):
+        expected = np.zeros(flat.size, dtype=bool)
+        expected[np.argsort(-flat, kind="stable")[: round(k * flat.size)]] = True
+        masks = G.subnetwork_masks(diffs, k)
+        np.testing.assert_array_equal(np.concatenate([m.reshape(-1).numpy() for m in masks.values()]), expected)
 
 
 def test_mask_overlap_space_is_jaccard():

@@ -34,14 +34,21 @@ __all__ = ["pair_differential_norms"]
 
 
 def _by_pair(x: torch.Tensor, pair: torch.Tensor, n_pairs: int) -> torch.Tensor:
-    """Rows of ``x`` (``[N, d]``) grouped by ``pair`` (``[N]``) into a zero-padded ``[P, T, d]``."""
-    order = torch.argsort(pair, stable=True)
-    sorted_pair = pair[order]
+    """Rows of ``x`` (``[N, d]``) grouped by ``pair`` (``[N]``, non-decreasing: a pair's positions
+    are adjacent and in order) into a zero-padded ``[P, T, d]``, ``T`` the most positions of a pair.
+
+    When every pair has ``T`` positions (the ``[batch, length, ...]`` inputs: two rows per pair)
+    this is a view of ``x``; otherwise (the LM head's scored positions) the rows are copied to
+    their slots."""
+    if len(pair) > 1 and not bool((pair[1:] >= pair[:-1]).all()):
+        raise ValueError("ghost norms: positions must be grouped by pair, in order")
     counts = torch.bincount(pair, minlength=n_pairs)
-    starts = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(len(pair), device=pair.device) - starts[sorted_pair]
-    out = x.new_zeros((n_pairs, int(counts.max()) if len(pair) else 0, *x.shape[1:]))
-    out[sorted_pair, slot] = x[order]
+    width = int(counts.max()) if len(pair) else 0
+    if bool((counts == width).all()):
+        return x.reshape(n_pairs, width, *x.shape[1:])
+    slot = torch.arange(len(pair), device=pair.device) - (torch.cumsum(counts, 0) - counts)[pair]
+    out = x.new_zeros((n_pairs, width, *x.shape[1:]))
+    out[pair, slot] = x
     return out
 
 

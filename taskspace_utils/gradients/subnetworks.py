@@ -33,14 +33,31 @@ def _flat_abs(differentials: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
+def kth_largest(values: np.ndarray, count: int) -> float:
+    """The ``count``-th largest entry of the non-negative ``values`` (``1 <= count <= n``), exactly.
+
+    Selection (``numpy.partition``, ``O(n)``) over the positive entries only, in a copy that is
+    partitioned in place; ``0`` when fewer than ``count`` entries are positive. Dropping the zeros
+    first matters: numpy's introselect slows down 20x on arrays of many equal entries (the zero rows
+    of unused embeddings, a summary's zero-filled differential: 590 ms against 30 ms at 98 % zeros
+    for 4.9M entries). ``torch.kthvalue``, used before, gives the same value but copies its input
+    and builds an int64 index array as large as the model on every call (2x slower on ``tiny-m``).
+    """
+    positive = values[values > 0]
+    if count > positive.size:
+        return 0.0
+    position = positive.size - int(count)
+    positive.partition(position)
+    return float(positive[position])
+
+
 def _top_count(values: torch.Tensor, count: int) -> torch.Tensor:
-    """Bool mask of the ``count`` largest values; ties go to the lower flat index.
+    """Bool mask of the ``count`` largest of the non-negative ``values``; ties go to the lower
+    flat index.
 
     Same result as taking the first ``count`` of a stable descending sort, in ``O(n)``:
-    every value above the ``count``-th largest ``v``, then the values equal to ``v`` in index order
-    until ``count`` are chosen. ``v`` comes from ``torch.kthvalue`` (the same value as
-    ``numpy.partition``, whose selection slows down 10-20x on arrays of many equal entries, e.g.
-    the zero rows of unused embeddings or a summary's zero-filled differential).
+    every value above the ``count``-th largest ``v`` (:func:`kth_largest`), then the values equal
+    to ``v`` in index order until ``count`` are chosen.
     """
     n = values.numel()
     count = int(count)
@@ -48,7 +65,8 @@ def _top_count(values: torch.Tensor, count: int) -> torch.Tensor:
         return torch.zeros(n, dtype=torch.bool)
     if count >= n:
         return torch.ones(n, dtype=torch.bool)
-    threshold = torch.kthvalue(values, n - count + 1).values  # the count-th largest: O(n) selection
+    wide = values if values.dtype in (torch.float32, torch.float64) else values.float()  # numpy has no bfloat16
+    threshold = torch.tensor(kth_largest(wide.numpy(), count), dtype=values.dtype)  # exact: an entry of values
     mask = values > threshold
     need = count - int(mask.sum())
     ties = torch.nonzero(values == threshold).reshape(-1)[:need]

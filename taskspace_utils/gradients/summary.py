@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from ..results import atomic_save_safetensors
 from .space import _grams
+from .subnetworks import kth_largest
 
 __all__ = ["STORES", "INDEX_SUFFIX", "top_entries", "dense_from_summary", "covers", "gram_pass",
            "save_grams", "load_grams", "default_memory_bytes"]
@@ -55,12 +56,10 @@ GRAM_FILE = "gram.safetensors"
 
 
 def _threshold(values: np.ndarray, count: int) -> float:
-    """The ``count``-th largest entry of ``values`` (``inf`` for ``count <= 0``)."""
-    n = values.size
-    if count <= 0 or n == 0:
+    """The ``count``-th largest entry of ``values`` (non-negative; ``inf`` for ``count <= 0``)."""
+    if count <= 0 or values.size == 0:
         return float("inf")
-    count = min(count, n)
-    return float(torch.kthvalue(torch.from_numpy(values), n - count + 1).values)  # see subnetworks._top_count
+    return kth_largest(values, min(count, values.size))
 
 
 def _np_abs(v: torch.Tensor) -> np.ndarray:
