@@ -39,9 +39,10 @@ def kth_largest(values: np.ndarray, count: int) -> float:
     Selection (``numpy.partition``, ``O(n)``) over the positive entries only, in a copy that is
     partitioned in place; ``0`` when fewer than ``count`` entries are positive. Dropping the zeros
     first matters: numpy's introselect slows down 20x on arrays of many equal entries (the zero rows
-    of unused embeddings, a summary's zero-filled differential: 590 ms against 30 ms at 98 % zeros
-    for 4.9M entries). ``torch.kthvalue``, used before, gives the same value but copies its input
-    and builds an int64 index array as large as the model on every call (2x slower on ``tiny-m``).
+    of unused embeddings, a summary's zero-filled differential; on 4.9M entries it took 590 ms with
+    98 % zeros and 30 ms with 30 %). ``torch.kthvalue``, used before, gives the same value but
+    copies its input and builds an int64 index array as large as the model on every call, and
+    takes 1.4-1.7x as long at the suite's sizes (``benchmarks/bench_selection.py``).
     """
     positive = values[values > 0]
     if count > positive.size:
