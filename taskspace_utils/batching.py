@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from .padded import DEFAULT_BATCH_TOKENS, batches_by_tokens, collate_token_ids, span_mask, span_weights
+from .padded import DEFAULT_BATCH_TOKENS, batches_by_tokens, collate_token_ids, mask_weights, span_mask
 from .prefix_tree import DEFAULT_TREE_ROW_TOKENS, build_prefix_tree_rows, collate_prefix_tree, iter_prefix_tree_batches
 
 __all__ = ["BatchPlan", "plan_batches"]
@@ -74,15 +74,11 @@ class BatchPlan:
                 sentence_weights=None if self._weights is None else self._weights[index],
                 sentence_ranges=(self._starts[index], self._ends[index]) if ranged else None, device=self._device)
         (index,) = group
-        rows = [self._ids[i] for i in index]
-        batch = collate_token_ids(rows, self._prefix, self._pad)
-        width = batch["input_ids"].shape[1]
-        starts = self._starts[index] if ranged else np.zeros(len(rows), dtype=np.int64)
-        ends = self._ends[index] if ranged else np.array([len(r) for r in rows], dtype=np.int64)
+        batch = collate_token_ids([self._ids[i] for i in index], self._prefix, self._pad)
         if ranged:  # score only the collated positions 1 + start .. end (position 0 is the prefix)
-            batch["score_mask"] &= span_mask(starts, ends, width)
-        if self._weights is not None:
-            batch["token_weights"] = span_weights(starts, ends, self._weights[index], width, self._weight_dtype)
+            batch["score_mask"] &= span_mask(self._starts[index], self._ends[index], batch["input_ids"].shape[1])
+        if self._weights is not None:  # the scored positions carry their sentence's weight
+            batch["token_weights"] = mask_weights(batch["score_mask"], self._weights[index], self._weight_dtype)
         return {k: v.to(self._device) for k, v in batch.items()} if self._device is not None else batch
 
 

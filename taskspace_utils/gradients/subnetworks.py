@@ -33,6 +33,12 @@ def _flat_abs(differentials: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
+def _numpy_exact(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as numpy, exactly: half and bfloat16 (numpy has no bfloat16) widened to
+    float32, which keeps every value and their order."""
+    return (t if t.dtype in (torch.float32, torch.float64) else t.float()).numpy()
+
+
 def kth_largest(values: np.ndarray, count: int) -> float:
     """The ``count``-th largest entry of the non-negative ``values`` (``1 <= count <= n``), exactly.
 
@@ -66,8 +72,7 @@ def _top_count(values: torch.Tensor, count: int) -> torch.Tensor:
         return torch.zeros(n, dtype=torch.bool)
     if count >= n:
         return torch.ones(n, dtype=torch.bool)
-    wide = values if values.dtype in (torch.float32, torch.float64) else values.float()  # numpy has no bfloat16
-    threshold = torch.tensor(kth_largest(wide.numpy(), count), dtype=values.dtype)  # exact: an entry of values
+    threshold = torch.tensor(kth_largest(_numpy_exact(values), count), dtype=values.dtype)  # exact: an entry of values
     mask = values > threshold
     need = count - int(mask.sum())
     ties = torch.nonzero(values == threshold).reshape(-1)[:need]

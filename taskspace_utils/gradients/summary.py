@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from ..results import atomic_save_safetensors
 from .space import _grams
-from .subnetworks import kth_largest
+from .subnetworks import _numpy_exact, kth_largest
 
 __all__ = ["STORES", "INDEX_SUFFIX", "top_entries", "dense_from_summary", "covers", "gram_pass",
            "save_grams", "load_grams", "default_memory_bytes"]
@@ -64,8 +64,7 @@ def _threshold(values: np.ndarray, count: int) -> float:
 
 def _np_abs(v: torch.Tensor) -> np.ndarray:
     """``|v|`` as numpy, exactly (half and bfloat16 widened to float32, which keeps their order)."""
-    a = v.abs()
-    return (a if a.dtype in (torch.float32, torch.float64) else a.float()).numpy()
+    return _numpy_exact(v.abs())
 
 
 def top_entries(differential: Mapping[str, torch.Tensor], fraction: float, per_module: bool = False) -> dict[str, torch.Tensor]:
