@@ -35,7 +35,10 @@ from matplotlib.patches import Patch
 from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
+from taskspace_utils.agg_fonts import render_fonts_from_memory
 from taskspace_utils.spaces import check_space, embed_mds, relation_labels, task_distances
+
+render_fonts_from_memory()   # PNG figures read their fonts from memory (see agg_fonts)
 
 __all__ = [
     "PHENOMENA",
