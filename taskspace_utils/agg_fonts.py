@@ -58,18 +58,13 @@ def _rebound(function, namespace: dict):
     return new
 
 
-def _matplotlib_version() -> tuple[int, int]:
-    major, minor = matplotlib.__version__.split(".")[:2]
-    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
-
-
 @functools.cache
 def _get_font_from_memory():
     """matplotlib's ``get_font`` whose fonts are read from memory, or ``None`` where this
     matplotlib's ``get_font``/``_get_font`` are not the functions this module knows."""
     cached = getattr(font_manager, "_get_font", None)
     public = getattr(font_manager, "get_font", None)
-    if (_matplotlib_version() >= _LAST_AFFECTED or not hasattr(cached, "cache_clear")
+    if (tuple(matplotlib.__version_info__[:2]) >= _LAST_AFFECTED or not hasattr(cached, "cache_clear")
             or public is None or {"ft2font", "FT2Font"} - set(inspect.unwrap(cached).__code__.co_names)
             or "_get_font" not in inspect.unwrap(public).__code__.co_names):
         return None
@@ -84,7 +79,8 @@ def _get_font_from_memory():
 def render_fonts_from_memory(enable: bool = True) -> bool:
     """Make Agg (PNG output, the notebooks' inline figures) read fonts from memory; ``False``
     gives it matplotlib's own ``get_font`` back. Returns whether in-memory fonts are now in use.
-    Idempotent; called when :mod:`taskspace_utils.plotting` is imported and by the report."""
+    Idempotent; called when :mod:`taskspace_utils.plotting` is imported, which every
+    figure of the notebooks and the report does."""
     replacement = _get_font_from_memory() if enable else None
     backend_agg.get_font = replacement or _FILE_GET_FONT
     return replacement is not None

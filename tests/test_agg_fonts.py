@@ -98,7 +98,7 @@ def test_only_agg_uses_in_memory_fonts_and_pdf_still_embeds_from_the_file():
 def test_no_patch_from_the_release_with_matplotlibs_own_fix(monkeypatch):
     agg_fonts.render_fonts_from_memory(False)
     agg_fonts._get_font_from_memory.cache_clear()
-    monkeypatch.setattr(matplotlib, "__version__", "3.12.0")
+    monkeypatch.setattr(matplotlib, "__version_info__", (3, 12, 0, "final", 0))
     try:
         assert agg_fonts.render_fonts_from_memory() is False
         assert backend_agg.get_font is agg_fonts._FILE_GET_FONT

@@ -113,9 +113,6 @@ def figure_html(fig, caption: str, name: str, dpi: int = 90) -> str:
     figure is closed afterwards."""
     import matplotlib.pyplot as plt
 
-    from taskspace_utils.agg_fonts import render_fonts_from_memory
-
-    render_fonts_from_memory()
     fig = getattr(fig, "figure", fig)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
