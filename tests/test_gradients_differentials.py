@@ -13,6 +13,7 @@ import torch
 
 from gradients_reference import blimp3, max_rel, pairs6, reference  # noqa: F401  (fixtures)
 from taskspace_utils import gradients as G
+from taskspace_utils import prefix_tree
 from taskspace_utils.encoding import encode
 from taskspace_utils.gradients.differentials import _pair_spans
 from taskspace_utils.scoring import score_pairs
@@ -173,3 +174,47 @@ def test_batch_margins_equal_scores_and_are_differentiable(tiny_lm64, pairs6):
     grads = torch.autograd.grad(margins.mean(), [p for _, p in model.named_parameters()], allow_unused=True)
     ref = G.task_differential(model, tok, pairs6)
     assert max_rel(dict(zip(ref, grads)), ref) < 1e-10
+
+
+def _margins_and_forward_kinds(model, tok, pairs, variant):
+    """batch_margins, and per forward pass of the base model whether it got tree positions."""
+    fed = []
+    handle = model.gpt_neox.register_forward_pre_hook(
+        lambda module, args, kwargs: fed.append(kwargs.get("position_ids") is not None), with_kwargs=True)
+    try:
+        return G.batch_margins(model, tok, pairs, variant=variant), fed
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("variant", ["sentence", "critical"])
+@pytest.mark.parametrize("packing", ["tree", "padded"])
+def test_batch_margins_give_each_pair_its_own_gradient_differential(tiny_lm64, pairs6, variant, packing, monkeypatch):
+    """Both packings of batch_margins (prefix trees for GPT-NeoX, the padded batch of encode_pairs
+    for models without tree support): the gradient of margin i is pair i's differential of the
+    one-sentence-at-a-time reference (float64, 1e-10), and the margins equal the padded ones."""
+    model, tok = tiny_lm64
+    if packing == "padded":
+        monkeypatch.setattr(prefix_tree, "_TREE_MODEL_TYPES", set())
+    margins, fed = _margins_and_forward_kinds(model, tok, pairs6, variant)
+    assert fed and fed == [packing == "tree"] * len(fed)
+    padded = G.pair_margins(model, G.encode_pairs(tok, pairs6, variant))
+    np.testing.assert_allclose(margins.detach().numpy(), padded.detach().numpy(), rtol=0, atol=1e-10)
+    _, per_pair = reference(model, tok, pairs6, critical=variant == "critical")
+    params = [p for _, p in model.named_parameters()]
+    for i, expected in enumerate(per_pair):
+        grads = torch.autograd.grad(margins[i], params, retain_graph=True, allow_unused=True)
+        got = {n: g if g is not None else torch.zeros_like(p) for n, g, p in zip(expected, grads, params)}
+        assert max_rel(got, expected) < 1e-10
+
+
+def test_batch_margins_over_several_tree_batches_equal_the_scores(tiny_lm64, blimp3):
+    """More pairs than one tree batch holds (1,024 positions): the per-batch sums land on their own
+    pairs (float64, against score_pairs' margins)."""
+    model, tok = tiny_lm64
+    pairs = blimp3.groupby("task").head(60).reset_index(drop=True)
+    with torch.no_grad():
+        margins, fed = _margins_and_forward_kinds(model, tok, pairs, "sentence")
+    assert len(fed) >= 2 and all(fed)
+    expected = score_pairs(model, tok, pairs)["margin"].to_numpy()
+    np.testing.assert_allclose(margins.numpy(), expected, rtol=0, atol=1e-10)

@@ -61,6 +61,30 @@ def test_head_in_chunks_of_rows_equals_one_call(tiny_lm64, monkeypatch, packing)
     np.testing.assert_allclose(sentence_logprobs(model, tok, SENTENCES, packing=packing), whole, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_head_without_autograd_equals_the_differentiable_head(dtype):
+    """Without autograd the log-softmax overwrites the head's logits: the same numbers bit for bit
+    as with autograd (and as log_softmax + gather written out), in chunks or not; a head that
+    returns its input (the full-logits fallback) leaves the caller's tensor untouched."""
+    gen = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=False).to(dtype)
+    hidden = torch.randn(37, 8, generator=gen).to(dtype)
+    targets = torch.randint(0, 50, (37,), generator=gen)
+    expected = torch.log_softmax(head(hidden).float(), dim=-1)[torch.arange(37), targets]
+    for chunk in (None, 5, 0):
+        differentiable = lm_head.head_logprobs(head, hidden, targets, chunk)
+        assert differentiable.requires_grad and torch.equal(differentiable.detach(), expected)
+        with torch.no_grad():
+            assert torch.equal(lm_head.head_logprobs(head, hidden, targets, chunk), expected)
+        with torch.inference_mode():
+            assert torch.equal(lm_head.head_logprobs(head, hidden, targets, chunk), expected)
+    logits = head(hidden).float().detach()
+    kept = logits.clone()
+    with torch.no_grad():
+        assert torch.equal(lm_head.head_logprobs(torch.nn.Identity(), logits, targets, 5), expected)
+    assert torch.equal(logits, kept)
+
+
 def test_prefix_falls_back_to_eos(tiny_lm64):
     model, tok = tiny_lm64
     tok2 = tok.__class__(tokenizer_object=tok.backend_tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>")

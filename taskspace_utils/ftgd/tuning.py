@@ -14,7 +14,9 @@ model prefers the grammatical member of each pair (objectives: :mod:`.config`):
 ``random_mask`` draws M uniformly with the same counts; ``all_params`` and ``lm_good`` update every
 parameter. Batches are consecutive slices of seeded permutations of the training pairs, from a
 stream separate from the random masks', so every control sees the same batches. The model is
-restored bitwise afterwards; the change is returned as a :class:`~.delta.SparseDelta`.
+restored bitwise afterwards; the change is returned as a :class:`~.delta.SparseDelta`. A step's
+margins come from :func:`~taskspace_utils.gradients.batch_margins`: its 16 pairs packed as prefix
+trees where the model supports them (a pair's two sentences share their common beginning).
 
 Precision. A float32/float64 model is updated in place in its own dtype (the optimiser works on
 the parameters, or on gathered copies of their masked entries). A bf16/fp16 model is not: bf16
