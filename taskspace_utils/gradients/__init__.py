@@ -36,6 +36,7 @@ Functions that take ``(tokenizer, pairs)`` accept a pairs frame, a ``(goods, bad
 from ..encoding import VARIANTS
 from ..prefix_tree import supports_prefix_tree  # noqa: F401  (old access path, benchmarks)
 from .differentials import (
+    MARGIN_TREE_ROW_TOKENS,
     batch_margins,
     critical_exclusions,
     encode_pairs,
@@ -69,6 +70,7 @@ __all__ = [
     "encode_pairs",
     "pair_margins",
     "batch_margins",
+    "MARGIN_TREE_ROW_TOKENS",
     "task_differential",
     "iter_pair_differentials",
     "pair_differential_stats",
