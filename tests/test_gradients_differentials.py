@@ -159,6 +159,8 @@ def test_critical_exclusions_are_reported(tiny_lm64, pairs6):
     assert max_rel(got, G.task_differential(model, tok, pairs6, variant="critical")) < 1e-12
     with pytest.raises(ValueError, match="no critical tokens"):
         G.batch_margins(model, tok, mixed, variant="critical")
+    with pytest.raises(ValueError, match="no pairs"):
+        G.batch_margins(model, tok, pairs6.head(0))
     with pytest.raises(ValueError, match="all excluded"), pytest.warns(UserWarning):
         G.task_differential(model, tok, ODD, variant="critical")
 

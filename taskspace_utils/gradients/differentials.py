@@ -199,6 +199,8 @@ def batch_margins(model, tokenizer, pairs, variant: str = "sentence") -> torch.T
         return pair_margins(model, encode_pairs(tokenizer, pairs, variant, device=device))
     good_ids, bad_ids, start, end_good, end_bad = _scored_spans(tokenizer, pairs, variant)
     n = len(good_ids)
+    if n == 0:
+        raise ValueError("batch_margins: no pairs")
     plan = plan_batches(good_ids + bad_ids, prefix_token_id(tokenizer), pad_token_id(tokenizer), tree=True,
                         row_tokens=MARGIN_TREE_ROW_TOKENS, ranges=(np.concatenate([start, start]),
                                                                    np.concatenate([end_good, end_bad])), device=device)
