@@ -23,8 +23,10 @@ HEAD_ON_HIDDEN = {"gpt_neox", "gpt2", "gpt_neo", "gptj", "llama", "mistral", "qw
 #: positions) took 8.2 s with chunks of 128 rows, 7.5 s with 256, 7.0-7.2 s with 512 and 6.8 s with
 #: 1,024 (its head 2.5 s, 126 GFLOP/s, against 2.7-2.8 s at 512); the head alone on [16384, 192] x
 #: [192, 8192]: 127 / 147 / 158 / 167 GFLOP/s for the product at 256 / 512 / 1,024 / 2,048 rows.
-#: 1,024 rows of logits over a vocabulary of 8,192 are 32 MiB, glibc's largest heap allocation
-#: under the runner's malloc settings (:mod:`taskspace_utils.pipeline.kernel_env`).
+#: 1,024 rows of logits over a vocabulary of 8,192 are exactly 32 MiB, where glibc maps a block
+#: afresh under the runner's malloc settings (:mod:`taskspace_utils.pipeline.kernel_env`); a batch of
+#: at most 1,024 positions scores fewer rows than that, so its logits stay on the heap (six
+#: alternating task differentials at 512 / 1,024 rows: 10,021 / 8,709 page faults).
 _HEAD_CHUNK_ROWS = 1024
 
 

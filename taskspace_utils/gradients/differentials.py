@@ -204,11 +204,10 @@ def batch_margins(model, tokenizer, pairs, variant: str = "sentence") -> torch.T
     plan = plan_batches(good_ids + bad_ids, prefix_token_id(tokenizer), pad_token_id(tokenizer), tree=True,
                         row_tokens=MARGIN_TREE_ROW_TOKENS, ranges=(np.concatenate([start, start]),
                                                                    np.concatenate([end_good, end_bad])), device=device)
-    sums = None
+    # the dtype of prefix_tree_sums (log-probabilities in float32 for a 16-bit model), as pair_margins
+    sums = torch.zeros(2 * n, dtype=accumulation_dtype(model_dtype(model)), device=device)
     for index, batch in plan:  # one batch for an FTGD step of 16 pairs (about 350 positions)
-        part = prefix_tree_sums(model, batch, len(index))
-        sums = torch.zeros(2 * n, dtype=part.dtype, device=device) if sums is None else sums
-        sums = sums.index_add(0, torch.as_tensor(index, device=device), part)
+        sums = sums.index_add(0, torch.as_tensor(index, device=device), prefix_tree_sums(model, batch, len(index)))
     return sums[:n] - sums[n:]
 
 
