@@ -17,6 +17,8 @@ fails at once with :class:`ModelNotAvailableError` (no retries, no hang) saying 
 Public functions
 ----------------
 - :func:`load_model` — resolve a spec and load model and tokenizer.
+- :func:`check_available` — the same resolution without loading any weights (the runner's check
+  before a run starts).
 - :func:`parse_spec` — split ``name@revision``.
 - :func:`suite_root`, :func:`suite_checkpoint_dir`, :func:`list_suite` — where the offline
   suite lives (``$TASKSPACE_SUITE_DIR``, default ``~/.cache/taskspace/suite``).
@@ -52,6 +54,7 @@ __all__ = [
     "ModelNotAvailableError",
     "SUITE_NAME_PATTERN",
     "load_model",
+    "check_available",
     "parse_spec",
     "suite_root",
     "suite_checkpoint_dir",
@@ -211,6 +214,77 @@ def _finish(model, tokenizer, device):
     return model, tokenizer
 
 
+def _local_folder(spec) -> Path | None:
+    """The folder of a local or suite spec (checked: a config.json, a built checkpoint), ``None``
+    for a hub name; :class:`ModelNotAvailableError` for a path-like spec that is no folder."""
+    path = Path(str(spec)).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelNotAvailableError(f"{path}: folder has no config.json (not a save_pretrained model folder)")
+        return path
+    match = SUITE_NAME_PATTERN.match(str(spec).strip())
+    if match:
+        step = match.group("step")
+        return suite_checkpoint_dir(match.group("size"), int(step) if step is not None else None)
+    name, _ = parse_spec(str(spec))
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelNotAvailableError(f"model spec {spec!r}: no such local folder")
+    return None
+
+
+def _not_cached(name: str, revision: str | None) -> str:
+    what = f"{name!r}" + (f" at revision {revision!r}" if revision else "")
+    return (f"model {what} is not in the local Hugging Face cache and the hub cannot be reached (no "
+            "network). Either run once where the hub is reachable to cache it, pass the path of a "
+            "folder saved with save_pretrained, or use the kit's offline suite, e.g. "
+            "load_model('tiny-m') or load_model('tiny-m@step500').")
+
+
+#: Weight files of a ``save_pretrained`` folder or hub snapshot (one of them is enough).
+_WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+
+
+def _cached_snapshot(name: str, revision: str | None) -> Path | None:
+    """The local HF cache's snapshot of ``name`` at ``revision`` when it holds a config and weights."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(name, revision=revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any miss (no entry, bad name, partial cache) means "not cached"
+        return None
+    has_weights = any(next(folder.glob(pattern), None) is not None for pattern in _WEIGHT_FILES)
+    return folder if (folder / "config.json").exists() and has_weights else None
+
+
+def check_available(spec: str | os.PathLike, timeout: float = 10.0) -> str:
+    """Whether :func:`load_model` can have ``spec`` here, without loading any weights.
+
+    Returns ``"local"`` (a ``save_pretrained`` folder), ``"suite"`` (a built checkpoint), ``"hub
+    cache"`` (a cached snapshot with config and weights) or ``"hub"`` (not cached; the hub is
+    reachable and knows name and revision: one metadata request of at most ``timeout`` s, passed
+    if the request itself fails). Else :class:`ModelNotAvailableError` with :func:`load_model`'s
+    message. The runner calls it for every unit before any notebook runs.
+    """
+    if _local_folder(spec) is not None:
+        return "suite" if SUITE_NAME_PATTERN.match(str(spec).strip()) else "local"
+    name, revision = parse_spec(str(spec))
+    if _cached_snapshot(name, revision) is not None:
+        return "hub cache"
+    if not _hub_reachable():
+        raise ModelNotAvailableError(_not_cached(name, revision))
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        HfApi().model_info(name, revision=revision, timeout=timeout)
+    except (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError) as err:
+        raise ModelNotAvailableError(f"cannot load model {spec!r} from the hub: {type(err).__name__}: "
+                                     f"{str(err).splitlines()[0]}") from None
+    except Exception:  # noqa: BLE001 - a flaky request proves nothing; loading will say more
+        pass
+    return "hub"
+
+
 def load_model(spec: str | os.PathLike, device=None, dtype=None):
     """Load ``(model, tokenizer)`` from a model spec (see the module docstring).
 
@@ -231,33 +305,16 @@ def load_model(spec: str | os.PathLike, device=None, dtype=None):
     """
     device = torch.device(device) if device is not None else default_device()
     dtype = resolve_dtype(dtype)
-    path = Path(str(spec)).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            raise ModelNotAvailableError(f"{path}: folder has no config.json (not a save_pretrained model folder)")
-        return _finish(*_from_pretrained(str(path), None, True, dtype), device)
-
-    name, revision = parse_spec(str(spec))
-    match = SUITE_NAME_PATTERN.match(str(spec).strip())
-    if match:
-        step = match.group("step")
-        folder = suite_checkpoint_dir(match.group("size"), int(step) if step is not None else None)
+    folder = _local_folder(spec)
+    if folder is not None:
         return _finish(*_from_pretrained(str(folder), None, True, dtype), device)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ModelNotAvailableError(f"model spec {spec!r}: no such local folder")
-
+    name, revision = parse_spec(str(spec))
     try:  # the local HF cache first: no network needed, no network touched
         return _finish(*_from_pretrained(name, revision, True, dtype), device)
     except OSError:
         pass
     if not _hub_reachable():
-        what = f"{name!r}" + (f" at revision {revision!r}" if revision else "")
-        raise ModelNotAvailableError(
-            f"model {what} is not in the local Hugging Face cache and the hub cannot be reached (no "
-            "network). Either run once where the hub is reachable to cache it, pass the path of a "
-            "folder saved with save_pretrained, or use the kit's offline suite, e.g. "
-            "load_model('tiny-m') or load_model('tiny-m@step500')."
-        ) from None
+        raise ModelNotAvailableError(_not_cached(name, revision)) from None
     try:
         return _finish(*_from_pretrained(name, revision, False, dtype), device)
     except OSError as err:

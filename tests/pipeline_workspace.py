@@ -115,9 +115,49 @@ def read_counter(counter: Path) -> list[str]:
     return counter.read_text().splitlines() if counter.exists() else []
 
 
+#: The hub-like models of the synthetic profiles (never loaded: the synthetic notebooks only name them).
+SYNTHETIC_HUB_MODELS = ("test/alpha", "test/beta", "test/gamma")
+
+
+def cache_hub_models(cache: Path, names=SYNTHETIC_HUB_MODELS, revision: str = "main") -> Path:
+    """Write ``names`` into a Hugging Face hub cache at ``cache`` as snapshots of ``revision`` with a
+    ``config.json`` and an (empty) ``model.safetensors``: what the runner's preflight
+    (:func:`taskspace_utils.models.check_available`) looks for, in the hub cache's layout
+    (``models--org--name/refs/<revision>`` holds the commit of ``snapshots/<commit>/``)."""
+    for i, name in enumerate(names):
+        repo = cache / f"models--{name.replace('/', '--')}"
+        commit = f"{i:040x}"
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / revision).write_text(commit)
+        snapshot = repo / "snapshots" / commit
+        snapshot.mkdir(parents=True, exist_ok=True)
+        (snapshot / "config.json").write_text("{}")
+        (snapshot / "model.safetensors").write_bytes(b"")
+    return cache
+
+
+def use_hub_cache(tmp_path: Path, monkeypatch) -> Path:
+    """The synthetic models cached (:func:`cache_hub_models`) in a hub cache of this test, for this
+    process and the runner processes it starts; offline, so nothing touches the network."""
+    import huggingface_hub.constants
+
+    cache = cache_hub_models(tmp_path / "hf_cache")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
 @pytest.fixture
-def workspace(tmp_path):
-    """(notebooks folder, profiles dict, counter file, tmp folder)."""
+def hub_cache(tmp_path, monkeypatch):
+    """:func:`use_hub_cache` as a fixture."""
+    return use_hub_cache(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """(notebooks folder, profiles dict, counter file, tmp folder); the synthetic models cached."""
+    use_hub_cache(tmp_path, monkeypatch)
     notebooks = write_synthetic_notebooks(tmp_path / "notebooks")
     counter = tmp_path / "counter.txt"
     profiles = load_profiles(write_profiles(tmp_path / "profiles.yaml", counter))

@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from pipeline_workspace import hub_cache  # noqa: F401 (a fixture)
 from pipeline_workspace import write_profiles, write_synthetic_notebooks
 
 from taskspace_utils.pipeline import build_plan, load_profiles, run
@@ -34,7 +35,7 @@ def _slow_02(path):
     nbformat.write(nb, path)
 
 
-def test_dask_progress_per_notebook_and_a_lost_worker(tmp_path):
+def test_dask_progress_per_notebook_and_a_lost_worker(tmp_path, hub_cache):
     distributed = pytest.importorskip("distributed")
     notebooks = write_synthetic_notebooks(tmp_path / "nb", stems=("01_build_data", "02_gradient_extraction"))
     _slow_02(notebooks / "02_gradient_extraction.ipynb")

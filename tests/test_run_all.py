@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline_workspace import hub_cache  # noqa: F401 (a fixture)
 from pipeline_workspace import read_counter, write_profiles, write_synthetic_notebooks
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,8 +48,8 @@ def run_cli(workspace, *args, timeout=240) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def workspace(tmp_path):
-    """(notebooks folder, profile file, counter file, tmp folder)."""
+def workspace(tmp_path, hub_cache):
+    """(notebooks folder, profile file, counter file, tmp folder); the synthetic models cached."""
     notebooks = write_synthetic_notebooks(tmp_path / "notebooks")
     counter = tmp_path / "counter.txt"
     profiles_file = write_profiles(tmp_path / "profiles.yaml", counter, PROFILES_EXTRA)
@@ -91,6 +92,10 @@ def test_bad_arguments_exit_2_with_a_message(workspace):
     assert result.returncode == 2 and "--set '02.scale': expected NOTEBOOK.param=value" in result.stderr
     result = run_cli(workspace, "--profile", "pair", "--notebooks", "09", "--dry-run")
     assert result.returncode == 2 and "unknown notebook '09'" in result.stderr
+    # the dry run prints the plan, then what the run would refuse on this machine (not cached, offline)
+    result = run_cli(workspace, "--profile", "pair", "--models", "test/alpha,test/zeta", "--dry-run")
+    assert result.returncode == 2 and "test--zeta" in result.stdout, result.stdout + result.stderr
+    assert "error: unit test--zeta: model 'test/zeta' is not in the local Hugging Face cache" in result.stderr
 
 
 def test_kill_mid_run_then_resume_recomputes_nothing_finished(workspace):

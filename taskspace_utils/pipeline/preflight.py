@@ -1,0 +1,71 @@
+"""Checks of a plan against the machine that runs it, before any build or notebook
+(:func:`check_machine`): the devices the plan names exist here, and every hub or local model of a
+unit can be loaded here (:func:`taskspace_utils.models.check_available`: a cached snapshot, or a
+reachable hub that knows the name and revision).
+
+Without them, ``--device cuda`` on a machine without a GPU failed inside the first kernel (or, with
+suite models, as a suite "built with other settings", since a CUDA build trains longer), and a hub
+model that is not cached, with no network, failed in cell 10 of its unit's first notebook after the
+run folder and the unit's folder had been written. The suite's own sizes are checked by
+:func:`~.runner.check_suite_settings` (they may be built by the run itself).
+"""
+
+from __future__ import annotations
+
+from .plan import Plan
+from .profiles import PlanError
+
+__all__ = ["plan_devices", "check_device", "check_models", "check_machine"]
+
+
+def plan_devices(plan: Plan) -> dict[str, str]:
+    """``{device: where it is set}`` for every device a notebook or the suite build of ``plan`` is
+    given (``None``, "pick CUDA when present", is left out)."""
+    found: dict[str, str] = {}
+    if plan.suite is not None and plan.suite.device:
+        found.setdefault(str(plan.suite.device), "the suite build")
+    jobs = [(unit.name, job) for unit in plan.units for job in unit.jobs] + [("run", job) for job in plan.comparison]
+    for owner, job in jobs:
+        device = job.parameters.get("device")
+        if device:
+            found.setdefault(str(device), f"notebook {job.name} of {owner}")
+    return found
+
+
+def check_device(device: str, where: str) -> None:
+    """:class:`PlanError` unless ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``) exists here."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU visible"
+            raise PlanError(f"device {device!r} ({where}): CUDA is not available on this machine (torch "
+                            f"{torch.__version__}, {build}); use --device cpu, or run where a GPU is")
+        if dev.index is not None and dev.index >= count:
+            raise PlanError(f"device {device!r} ({where}): this machine has {count} CUDA device(s), "
+                            f"cuda:0 to cuda:{count - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise PlanError(f"device {device!r} ({where}): Apple's MPS backend is not available on this machine")
+
+
+def check_models(plan: Plan) -> None:
+    """:class:`PlanError` naming the first unit whose hub or local model cannot be loaded here."""
+    from ..models import ModelNotAvailableError, check_available
+
+    for unit in plan.units:
+        if unit.kind == "suite":
+            continue
+        spec = f"{unit.model}@{unit.revision}" if unit.kind == "hub" and unit.revision else unit.model
+        try:
+            check_available(spec)
+        except ModelNotAvailableError as err:
+            raise PlanError(f"unit {unit.name}: {err}") from None
+
+
+def check_machine(plan: Plan) -> None:
+    """Devices, then models (:func:`check_device`, :func:`check_models`); the first problem raises."""
+    for device, where in plan_devices(plan).items():
+        check_device(device, where)
+    check_models(plan)
