@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                                    overrides=make_overrides(args))
         if args.dry_run:
             log(pipeline.describe_plan(plan))
-            if not args.scheduler:  # what the run would refuse before any work
+            if args.scheduler:  # what the run would refuse before any work
+                pipeline.check_scheduler(args.scheduler)
+            else:
                 pipeline.check_machine(plan)
             return 0
         log(f"run_all: profile {plan.profile} -> {plan.run_dir} ({_count(len(plan.units), 'unit')}, "

@@ -112,3 +112,22 @@ def test_a_run_with_an_uncached_hub_model_writes_nothing(workspace):
                                         r"local Hugging Face cache and the hub cannot be reached \(no network\)"):
         run(plan, log=lambda line: None)
     assert not out.exists() and not counter.exists()
+
+
+def test_a_scheduler_address_where_nothing_listens_is_refused_before_any_work(workspace):
+    """Before: distributed's traceback after a 30 s connect timeout, with plan.json written."""
+    import socket
+
+    from taskspace_utils.pipeline import check_scheduler
+
+    notebooks, profiles, counter, tmp = workspace
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        check_scheduler(f"tcp://127.0.0.1:{listening.getsockname()[1]}")
+        closed = f"tcp://127.0.0.1:{listening.getsockname()[1]}"
+    out = tmp / "run"
+    plan = build_plan(profiles, "pair", notebooks_dir=notebooks, out_dir=out)
+    with pytest.raises(PlanError, match=r"--scheduler 'tcp://127\.0\.0\.1:\d+': no Dask scheduler answers there"):
+        run(plan, executor="dask", scheduler=closed, log=lambda line: None)
+    assert not out.exists() and not counter.exists()

@@ -1,21 +1,25 @@
 """Checks of a plan against the machine that runs it, before any build or notebook
 (:func:`check_machine`): the devices the plan names exist here, and every hub or local model of a
 unit can be loaded here (:func:`taskspace_utils.models.check_available`: a cached snapshot, or a
-reachable hub that knows the name and revision).
+reachable hub that knows the name and revision). With a remote Dask scheduler the units run on its
+workers' machines, so only the scheduler is checked here (:func:`check_scheduler`).
 
 Without them, ``--device cuda`` on a machine without a GPU failed inside the first kernel (or, with
 suite models, as a suite "built with other settings", since a CUDA build trains longer), and a hub
 model that is not cached, with no network, failed in cell 10 of its unit's first notebook after the
-run folder and the unit's folder had been written. The suite's own sizes are checked by
+run folder and the unit's folder had been written; a scheduler address where none listens raised
+distributed's traceback after 30 s, with ``plan.json`` written. The suite's own sizes are checked by
 :func:`~.runner.check_suite_settings` (they may be built by the run itself).
 """
 
 from __future__ import annotations
 
+import socket
+
 from .plan import Plan
 from .profiles import PlanError
 
-__all__ = ["plan_devices", "check_device", "check_models", "check_machine"]
+__all__ = ["plan_devices", "check_device", "check_models", "check_machine", "check_scheduler"]
 
 
 def plan_devices(plan: Plan) -> dict[str, str]:
@@ -69,3 +73,25 @@ def check_machine(plan: Plan) -> None:
     for device, where in plan_devices(plan).items():
         check_device(device, where)
     check_models(plan)
+
+
+def check_scheduler(address: str, timeout: float = 10.0) -> None:
+    """:class:`PlanError` unless a TCP connection to the Dask scheduler at ``address`` (``tcp://`` or
+    ``tls://``, or ``host:port``) opens within ``timeout`` seconds; other protocols are left to
+    ``distributed``. A plain socket, since connecting a ``distributed.Client`` here would start the
+    client machinery twice (the executor connects its own)."""
+    from distributed.comm.addressing import get_address_host_port, parse_address
+
+    scheme, _ = parse_address(address)
+    if scheme not in ("tcp", "tls"):
+        return
+    try:
+        host, port = get_address_host_port(address)
+    except ValueError as err:
+        raise PlanError(f"--scheduler {address!r}: expected tcp://host:port ({err})") from None
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as err:
+        raise PlanError(f"--scheduler {address!r}: no Dask scheduler answers there ({err}); start one (`dask "
+                        "scheduler`) or leave out --scheduler for a LocalCluster on this machine") from None

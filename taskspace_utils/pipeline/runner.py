@@ -46,7 +46,7 @@ from .execution import (
     now,
 )
 from .plan import Plan
-from .preflight import check_machine
+from .preflight import check_machine, check_scheduler
 from .profiles import PlanError
 from .report import run_comparison
 from .resume import pending_notebooks
@@ -170,14 +170,16 @@ def run(plan: Plan, *, executor: str = "local", scheduler: str | None = None, wo
     ``scheduler`` or, without one, to a ``LocalCluster`` of ``workers`` single-threaded worker
     processes; the workers must see the run folder, the notebooks and the suite (a shared file
     system). Failures are reported and the other units go on unless ``fail_fast``. Before anything is
-    written, :func:`~.preflight.check_machine` (not with a remote ``scheduler``: the workers'
-    machines may differ) raises :class:`PlanError` for a device or model this machine lacks.
+    written, :func:`~.preflight.check_machine` raises :class:`PlanError` for a device or model this
+    machine lacks; with a remote ``scheduler`` (the workers' machines may differ) only
+    :func:`~.preflight.check_scheduler` runs.
     """
     if executor not in ("local", "dask"):
         raise PlanError(f"--executor {executor!r}: expected local or dask")
     if executor == "local" or scheduler is None:  # the kernels run on this machine
         check_machine(plan)
     else:
+        check_scheduler(scheduler)
         log(f"run_all: devices and models are checked by the notebooks on the workers of {scheduler}, not here")
     summary = RunSummary()
     plan.run_dir.mkdir(parents=True, exist_ok=True)
