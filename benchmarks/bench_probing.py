@@ -77,6 +77,17 @@ Tuning is 0.75-0.85x its former time; the evaluation's change is within this noi
 processes, and an in-process A/B (6 alternating evaluations) gave 0.96x. The target, 1.5x the
 floor, is reached in two runs of five (one of them the low-rate run) and missed in the others.
 
+Measured again 2026-11-29 (later session, HEAD 281827c, same machine and settings): tune 2.73 s,
+evaluate 7.00 s (the untuned model's: 6.37 s), 194 GFLOP/s: wall / floor 1.68. In one process,
+ten evaluations of the same model (before and after tunings, with and without the delta applied)
+took 5.97-6.74 s, with no page faults: the spread is the machine's. A profile of one evaluation
+(5.9 s): body products 2.21 s at 190 GFLOP/s (at the floor's rate), LM-head product 1.95 s at
+159 GFLOP/s (that shape's own rate: 157-160 in a bare microbenchmark, whether the vocabulary or
+the rows are split; bitwise the same), tree attention (SDPA) 0.73 s against 0.24 s of floor,
+log-softmax 0.23 s, GELU 0.14 s, GPT-NeoX's rotary cat/copy/neg/mul about 0.3 s. SDPA's math
+backend and the eager attention were no faster (6.65 and 6.47 s against 6.48 s, medians of 3;
+margins within 5e-5). The remaining 0.6x above the floor is the model code's non-matmul work.
+
     python benchmarks/bench_probing.py [--model tiny-m] [--tuned 3] [--threads 2] [--full] [--out result.json]
     python benchmarks/bench_probing.py --sweep [--model tiny-s]
 """
