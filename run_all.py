@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                 pipeline.check_scheduler(args.scheduler)
             else:
                 pipeline.check_machine(plan)
+            warning = pipeline.disk_warning(plan)
+            if warning:
+                log(f"warning: {warning}")
             return 0
         log(f"run_all: profile {plan.profile} -> {plan.run_dir} ({_count(len(plan.units), 'unit')}, "
             f"executor {args.executor})")

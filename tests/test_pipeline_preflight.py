@@ -131,3 +131,30 @@ def test_a_scheduler_address_where_nothing_listens_is_refused_before_any_work(wo
     with pytest.raises(PlanError, match=r"--scheduler 'tcp://127\.0\.0\.1:\d+': no Dask scheduler answers there"):
         run(plan, executor="dask", scheduler=closed, log=lambda line: None)
     assert not out.exists() and not counter.exists()
+
+
+def test_disk_warning_compares_the_estimate_with_free_space(workspace, monkeypatch):
+    """A warning (the estimate is rough) when the run's estimated bytes, less what its folder already
+    holds, exceed the free space; none when they fit."""
+    import collections
+
+    from taskspace_utils.pipeline import disk_warning, preflight
+    from taskspace_utils.pipeline.estimate import estimate_unit
+    from taskspace_utils.pipeline.validate import source_tasks
+
+    notebooks, profiles, _, tmp = workspace
+    out = tmp / "run"
+    plan = build_plan(profiles, "pair", notebooks_dir=notebooks, out_dir=out, overrides=Overrides(models=["tiny-s"]))
+    n_tasks = len(source_tasks(plan.data_source, "data"))
+    needed = sum(size for unit in plan.units for _, size, _ in estimate_unit(unit, plan, n_tasks).values())
+    assert needed > 0
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage(10 * needed, 9 * needed, needed))
+    assert disk_warning(plan) is None
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage(10 * needed, 10 * needed - 1, needed - 1))
+    warning = disk_warning(plan)
+    assert warning.startswith(f"disk: this run may write about {needed / 1e9:.1f} GB to {out} (rough estimate") and \
+        "GB are free on its file system" in warning
+    out.mkdir()
+    (out / "written.bin").write_bytes(b"\0" * 2)  # a resumed run: what is there counts as written
+    assert disk_warning(plan) is None

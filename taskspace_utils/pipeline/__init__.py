@@ -53,7 +53,7 @@ from .notebooks import (
 )
 from .parameters import RULES, check_value
 from .plan import RUNNER_PARAMETERS, NotebookJob, Plan, SuiteBuild, Unit, build_plan
-from .preflight import check_machine, check_scheduler
+from .preflight import check_machine, check_scheduler, disk_warning
 from .profiles import SYMBOLIC_REVISIONS, Overrides, PlanError, load_profiles, parse_set
 from .report import REPORT
 from .resume import RUN_RECORD, UNIT_RECORD, pending_notebooks
@@ -67,5 +67,5 @@ __all__ = [
     "resolve_suite_revision", "pending_notebooks", "describe_plan", "execute_notebook", "execute_unit", "run",
     "NOTEBOOK_PATTERN", "SUITE_NUMBER", "FIRST_COMPARISON_NUMBER", "RUNNER_PARAMETERS", "SYMBOLIC_REVISIONS",
     "UNIT_RECORD", "RUN_RECORD", "REPORT", "RULES", "check_value", "did_you_mean", "model_kind", "source_tasks",
-    "describe_estimate", "check_machine", "check_scheduler",
+    "describe_estimate", "check_machine", "check_scheduler", "disk_warning",
 ]

@@ -2,7 +2,8 @@
 (:func:`check_machine`): the devices the plan names exist here, and every hub or local model of a
 unit can be loaded here (:func:`taskspace_utils.models.check_available`: a cached snapshot, or a
 reachable hub that knows the name and revision). With a remote Dask scheduler the units run on its
-workers' machines, so only the scheduler is checked here (:func:`check_scheduler`).
+workers' machines, so only the scheduler is checked here (:func:`check_scheduler`). Disk is only
+warned about (:func:`disk_warning`): its estimate is rough.
 
 Without them, ``--device cuda`` on a machine without a GPU failed inside the first kernel (or, with
 suite models, as a suite "built with other settings", since a CUDA build trains longer), and a hub
@@ -14,12 +15,14 @@ distributed's traceback after 30 s, with ``plan.json`` written. The suite's own 
 
 from __future__ import annotations
 
+import shutil
 import socket
+from pathlib import Path
 
 from .plan import Plan
 from .profiles import PlanError
 
-__all__ = ["plan_devices", "check_device", "check_models", "check_machine", "check_scheduler"]
+__all__ = ["plan_devices", "check_device", "check_models", "check_machine", "check_scheduler", "disk_warning"]
 
 
 def plan_devices(plan: Plan) -> dict[str, str]:
@@ -95,3 +98,33 @@ def check_scheduler(address: str, timeout: float = 10.0) -> None:
     except OSError as err:
         raise PlanError(f"--scheduler {address!r}: no Dask scheduler answers there ({err}); start one (`dask "
                         "scheduler`) or leave out --scheduler for a LocalCluster on this machine") from None
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(entry.stat().st_size for entry in folder.rglob("*") if entry.is_file()) if folder.is_dir() else 0
+
+
+def disk_warning(plan: Plan) -> str | None:
+    """A warning line when the run's estimated disk use exceeds the free space where it writes.
+
+    The estimate is the dry run's (:func:`~.estimate.estimate_unit`, rough: a factor 2-3 either way),
+    so it warns rather than refuses; what the run folder already holds counts as written (a resumed
+    run needs only the rest). ``None`` when it fits or the sizes are unknown.
+    """
+    from .estimate import estimate_unit
+    from .validate import source_tasks
+
+    n_tasks = len(source_tasks(plan.data_source, "data"))
+    needed = sum(size for unit in plan.units for _, size, _ in estimate_unit(unit, plan, n_tasks).values())
+    written = _folder_bytes(Path(plan.run_dir))
+    where = Path(plan.run_dir).resolve()
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if needed - written <= free:
+        return None
+    gb = 1e9
+    return (f"disk: this run may write about {needed / gb:.1f} GB to {plan.run_dir} (rough estimate, a factor 2-3 either "
+            f"way; {written / gb:.1f} GB there already) and {free / gb:.1f} GB are free on its file system; a notebook "
+            "stops with an error when it is full (rerun to resume): free space, choose another --out, or run fewer "
+            "--tasks (02.store=full, if set, is the largest part)")

@@ -46,7 +46,7 @@ from .execution import (
     now,
 )
 from .plan import Plan
-from .preflight import check_machine, check_scheduler
+from .preflight import check_machine, check_scheduler, disk_warning
 from .profiles import PlanError
 from .report import run_comparison
 from .resume import pending_notebooks
@@ -181,6 +181,9 @@ def run(plan: Plan, *, executor: str = "local", scheduler: str | None = None, wo
     else:
         check_scheduler(scheduler)
         log(f"run_all: devices and models are checked by the notebooks on the workers of {scheduler}, not here")
+    warning = disk_warning(plan)
+    if warning:
+        log(f"run_all: warning: {warning}")
     summary = RunSummary()
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     with environment(plan.env):
