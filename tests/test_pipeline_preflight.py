@@ -158,3 +158,25 @@ def test_disk_warning_compares_the_estimate_with_free_space(workspace, monkeypat
     out.mkdir()
     (out / "written.bin").write_bytes(b"\0" * 2)  # a resumed run: what is there counts as written
     assert disk_warning(plan) is None
+
+
+def test_the_check_of_a_cpu_plan_of_suite_models_imports_no_torch():
+    """The dry run of the default profiles stays light (about half a second): torch is imported only
+    for a device other than the CPU or a hub or local model."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from pathlib import Path
+from taskspace_utils.pipeline.plan import NotebookJob, Plan, Unit
+from taskspace_utils.pipeline.preflight import check_machine
+unit = Unit(model="tiny-m", kind="suite", revision="final", run_dir=Path("."),
+            jobs=[NotebookJob(name="01_build_data", parameters={"device": "cpu"})])
+check_machine(Plan(profile="p", description="", run_dir=Path("."), notebooks_dir=Path("."), notebooks={}, suite=None,
+                   units=[unit], comparison=[], unit_notebooks=[]))
+print("torch" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

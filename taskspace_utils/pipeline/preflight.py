@@ -41,6 +41,8 @@ def plan_devices(plan: Plan) -> dict[str, str]:
 
 def check_device(device: str, where: str) -> None:
     """:class:`PlanError` unless ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``) exists here."""
+    if str(device) == "cpu":  # no torch import: the dry run of a CPU plan stays light
+        return
     import torch
 
     dev = torch.device(device)
@@ -59,11 +61,12 @@ def check_device(device: str, where: str) -> None:
 
 def check_models(plan: Plan) -> None:
     """:class:`PlanError` naming the first unit whose hub or local model cannot be loaded here."""
+    units = [unit for unit in plan.units if unit.kind != "suite"]
+    if not units:  # no torch import (taskspace_utils.models) for a plan of suite models
+        return
     from ..models import ModelNotAvailableError, check_available
 
-    for unit in plan.units:
-        if unit.kind == "suite":
-            continue
+    for unit in units:
         spec = f"{unit.model}@{unit.revision}" if unit.kind == "hub" and unit.revision else unit.model
         try:
             check_available(spec)
