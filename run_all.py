@@ -109,13 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                                    overrides=make_overrides(args))
         if args.dry_run:
             log(pipeline.describe_plan(plan))
-            if args.scheduler:  # what the run would refuse before any work
-                pipeline.check_scheduler(args.scheduler)
-            else:
-                pipeline.check_machine(plan)
-            warning = pipeline.disk_warning(plan)
-            if warning:
-                log(f"warning: {warning}")
+            for line in pipeline.check_before_run(plan, args.executor, args.scheduler):  # what the run checks first
+                log(f"run_all: {line}")
             return 0
         log(f"run_all: profile {plan.profile} -> {plan.run_dir} ({_count(len(plan.units), 'unit')}, "
             f"executor {args.executor})")

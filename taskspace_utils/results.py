@@ -41,6 +41,7 @@ __all__ = [
     "atomic_write_parquet",
     "atomic_save_safetensors",
     "read_json",
+    "folder_bytes",
     "to_jsonable",
     "config_hash",
     "ensure_run_config",
@@ -181,6 +182,13 @@ def ensure_run_config(folder: str | os.PathLike, config: Any, name: str = "confi
     else:
         atomic_write_json(path, wanted)
     return path
+
+
+def folder_bytes(folder: str | os.PathLike) -> int:
+    """Bytes of every file under ``folder`` (0 when it does not exist): the disk a stage, unit or run
+    folder takes. Links are not counted (their targets are counted where they lie)."""
+    folder = Path(folder)
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink()) if folder.is_dir() else 0
 
 
 def files_table(folder: str | os.PathLike, pattern: str = "*") -> pd.DataFrame:

@@ -22,6 +22,7 @@ from taskspace_utils import gradients as G
 from taskspace_utils.data import split_pairs
 from taskspace_utils.gradients import stage, summary
 from taskspace_utils.gradients.space import _grams
+from taskspace_utils.results import folder_bytes
 
 TABLES = ["task_space_gradient.csv", "mask_overlap.csv"]
 LONG = ["task_space_gradient_modules.parquet", "mask_overlap_modules.parquet"]
@@ -104,7 +105,7 @@ def test_summary_and_full_folders_give_the_same_tables(tiny_lm, blimp3, tmp_path
     for name, table in _tables(tmp_path / "summary").items():  # everything in memory: identical
         pd.testing.assert_frame_equal(table, full[name], check_exact=True, obj=name)
     # the files: a small fraction of the full ones; no full differential to load
-    disk = {m: summary.folder_bytes(tmp_path / m / "differentials") for m in ("full", "summary")}
+    disk = {m: folder_bytes(tmp_path / m / "differentials") for m in ("full", "summary")}
     assert disk["summary"] < 0.3 * disk["full"], disk  # ~8 * 0.1 P + headers vs. 4 P bytes per task
     with pytest.raises(ValueError, match="store='summary'"):
         G.load_task_differentials(tmp_path / "summary")

@@ -118,16 +118,19 @@ def test_a_scheduler_address_where_nothing_listens_is_refused_before_any_work(wo
     """Before: distributed's traceback after a 30 s connect timeout, with plan.json written."""
     import socket
 
-    from taskspace_utils.pipeline import check_scheduler
+    from taskspace_utils.pipeline import check_before_run, check_scheduler
 
     notebooks, profiles, counter, tmp = workspace
     with socket.socket() as listening:
         listening.bind(("127.0.0.1", 0))
         listening.listen()
-        check_scheduler(f"tcp://127.0.0.1:{listening.getsockname()[1]}")
-        closed = f"tcp://127.0.0.1:{listening.getsockname()[1]}"
-    out = tmp / "run"
-    plan = build_plan(profiles, "pair", notebooks_dir=notebooks, out_dir=out)
+        address = f"tcp://127.0.0.1:{listening.getsockname()[1]}"
+        check_scheduler(address)
+        out = tmp / "run"
+        plan = build_plan(profiles, "pair", notebooks_dir=notebooks, out_dir=out)
+        assert check_before_run(plan, "dask", address) == [
+            f"devices and models are checked by the notebooks on the workers of {address}, not here"]
+        closed = address
     with pytest.raises(PlanError, match=r"--scheduler 'tcp://127\.0\.0\.1:\d+': no Dask scheduler answers there"):
         run(plan, executor="dask", scheduler=closed, log=lambda line: None)
     assert not out.exists() and not counter.exists()

@@ -27,3 +27,14 @@ def test_files_table_lists_what_a_stage_saved(tmp_path):
     atomic_write_text(tmp_path / "a.txt", "x")
     table = files_table(tmp_path)
     assert list(table["file"]) == ["a.txt", "sub/b.txt"] and list(table["bytes"]) == [1, 5]
+
+
+def test_folder_bytes_counts_files_once_and_a_missing_folder_as_empty(tmp_path):
+    from taskspace_utils.results import folder_bytes
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "x.bin").write_bytes(b"\0" * 10)
+    (tmp_path / "a" / "b" / "y.bin").write_bytes(b"\0" * 5)
+    (tmp_path / "a" / "link.bin").symlink_to(tmp_path / "a" / "x.bin")  # counted where it lies, not twice
+    assert folder_bytes(tmp_path / "a") == 15
+    assert folder_bytes(tmp_path / "missing") == 0

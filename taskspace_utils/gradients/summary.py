@@ -33,7 +33,6 @@ saved as ``gram.safetensors`` (``<name>``: ``[T, T]`` float64, ``<name>.sum``: `
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -238,8 +237,3 @@ def load_grams(out_dir: Path, tasks: Sequence[str], shas: Sequence[str]):
         grams = {n: handle.get_tensor(n) for n in counts}
         sums = {n: handle.get_tensor(n + ".sum") for n in counts}
     return grams, sums, counts
-
-
-def folder_bytes(folder) -> int:
-    """Bytes of every file under ``folder`` (the disk a stage folder takes)."""
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file() and not os.path.islink(p))

@@ -22,8 +22,8 @@ Modules, in the order of a run
   :func:`parse_set`; :class:`PlanError`).
 - :mod:`.notebooks`: the notebooks folder (:func:`discover_notebooks`, :func:`declared_parameters`).
 - :mod:`.plan`: profile + overrides -> :class:`Plan` of :class:`Unit` s (:func:`build_plan`).
-- :mod:`.preflight`: the plan against this machine, before any work (:func:`check_machine`: its
-  devices exist, its hub and local models can be loaded).
+- :mod:`.preflight`: the plan against this machine, before any work (:func:`check_before_run`: its
+  devices exist, its hub and local models can be loaded, or a remote scheduler answers; disk).
 - :mod:`.revisions`: model specs, suite revisions, weight fingerprints (:func:`resolve_revisions`,
   :func:`resolve_suite_revision`).
 - :mod:`.resume`: resume hashes, ``unit.json``, :func:`pending_notebooks`, cleaning changed outputs.
@@ -53,7 +53,7 @@ from .notebooks import (
 )
 from .parameters import RULES, check_value
 from .plan import RUNNER_PARAMETERS, NotebookJob, Plan, SuiteBuild, Unit, build_plan
-from .preflight import check_machine, check_scheduler, disk_warning
+from .preflight import check_before_run, check_machine, check_scheduler, disk_warning
 from .profiles import SYMBOLIC_REVISIONS, Overrides, PlanError, load_profiles, parse_set
 from .report import REPORT
 from .resume import RUN_RECORD, UNIT_RECORD, pending_notebooks
@@ -68,4 +68,5 @@ __all__ = [
     "NOTEBOOK_PATTERN", "SUITE_NUMBER", "FIRST_COMPARISON_NUMBER", "RUNNER_PARAMETERS", "SYMBOLIC_REVISIONS",
     "UNIT_RECORD", "RUN_RECORD", "REPORT", "RULES", "check_value", "did_you_mean", "model_kind", "source_tasks",
     "describe_estimate", "check_machine", "check_scheduler", "disk_warning",
+    "check_before_run",
 ]

@@ -19,10 +19,12 @@ import shutil
 import socket
 from pathlib import Path
 
+from ..results import folder_bytes
 from .plan import Plan
 from .profiles import PlanError
 
-__all__ = ["plan_devices", "check_device", "check_models", "check_machine", "check_scheduler", "disk_warning"]
+__all__ = ["plan_devices", "check_device", "check_models", "check_machine", "check_scheduler", "disk_warning",
+           "check_before_run"]
 
 
 def plan_devices(plan: Plan) -> dict[str, str]:
@@ -103,10 +105,6 @@ def check_scheduler(address: str, timeout: float = 10.0) -> None:
                         "scheduler`) or leave out --scheduler for a LocalCluster on this machine") from None
 
 
-def _folder_bytes(folder: Path) -> int:
-    return sum(entry.stat().st_size for entry in folder.rglob("*") if entry.is_file()) if folder.is_dir() else 0
-
-
 def disk_warning(plan: Plan) -> str | None:
     """A warning line when the run's estimated disk use exceeds the free space where it writes.
 
@@ -119,7 +117,7 @@ def disk_warning(plan: Plan) -> str | None:
 
     n_tasks = len(source_tasks(plan.data_source, "data"))
     needed = sum(size for unit in plan.units for _, size, _ in estimate_unit(unit, plan, n_tasks).values())
-    written = _folder_bytes(Path(plan.run_dir))
+    written = folder_bytes(plan.run_dir)
     where = Path(plan.run_dir).resolve()
     while not where.exists():
         where = where.parent
@@ -131,3 +129,18 @@ def disk_warning(plan: Plan) -> str | None:
             f"way; {written / gb:.1f} GB there already) and {free / gb:.1f} GB are free on its file system; a notebook "
             "stops with an error when it is full (rerun to resume): free space, choose another --out, or run fewer "
             "--tasks (02.store=full, if set, is the largest part)")
+
+
+def check_before_run(plan: Plan, executor: str = "local", scheduler: str | None = None) -> list[str]:
+    """What :func:`~.runner.run` and the dry run check before any work: :func:`check_machine` when the
+    kernels run on this machine (the local executor, or Dask without ``scheduler``), else
+    :func:`check_scheduler`; :class:`PlanError` on the first problem. Returns the lines to show:
+    that the workers check their own machines, and the :func:`disk_warning`."""
+    lines = []
+    if executor == "local" or scheduler is None:
+        check_machine(plan)
+    else:
+        check_scheduler(scheduler)
+        lines.append(f"devices and models are checked by the notebooks on the workers of {scheduler}, not here")
+    warning = disk_warning(plan)
+    return lines + ([f"warning: {warning}"] if warning else [])

@@ -46,7 +46,7 @@ from .execution import (
     now,
 )
 from .plan import Plan
-from .preflight import check_machine, check_scheduler, disk_warning
+from .preflight import check_before_run
 from .profiles import PlanError
 from .report import run_comparison
 from .resume import pending_notebooks
@@ -170,20 +170,13 @@ def run(plan: Plan, *, executor: str = "local", scheduler: str | None = None, wo
     ``scheduler`` or, without one, to a ``LocalCluster`` of ``workers`` single-threaded worker
     processes; the workers must see the run folder, the notebooks and the suite (a shared file
     system). Failures are reported and the other units go on unless ``fail_fast``. Before anything is
-    written, :func:`~.preflight.check_machine` raises :class:`PlanError` for a device or model this
-    machine lacks; with a remote ``scheduler`` (the workers' machines may differ) only
-    :func:`~.preflight.check_scheduler` runs.
+    written, :func:`~.preflight.check_before_run` raises :class:`PlanError` for a device or model
+    this machine lacks (with a remote ``scheduler``: for a scheduler that does not answer).
     """
     if executor not in ("local", "dask"):
         raise PlanError(f"--executor {executor!r}: expected local or dask")
-    if executor == "local" or scheduler is None:  # the kernels run on this machine
-        check_machine(plan)
-    else:
-        check_scheduler(scheduler)
-        log(f"run_all: devices and models are checked by the notebooks on the workers of {scheduler}, not here")
-    warning = disk_warning(plan)
-    if warning:
-        log(f"run_all: warning: {warning}")
+    for line in check_before_run(plan, executor, scheduler):
+        log(f"run_all: {line}")
     summary = RunSummary()
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     with environment(plan.env):

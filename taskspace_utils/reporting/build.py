@@ -27,7 +27,7 @@ import pandas as pd
 from ..comparison.sharing import ALL_PARAMETERS, SCOPES, headline_sharing
 from ..comparison.units import LEGACY_SPACE_NAMES, SECONDARY
 from ..layout import RunLayout, run_layout
-from ..results import atomic_write_text
+from ..results import atomic_write_text, folder_bytes
 from . import findings as fd
 from .html import esc, figure_html, page, paragraph, table_html
 
@@ -105,10 +105,6 @@ def sharing_at_final_step(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return finals[[c for c in columns if c in finals]].rename(columns=columns)
 
 
-def _disk(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
-
-
 def _size(n: int) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
@@ -146,7 +142,7 @@ def units_overview(run_dir, tables: dict[str, pd.DataFrame], units: Sequence[str
                      "revision": info.get("revision", info.get("requested", "")),
                      "step": info.get("step", np.nan), "parameters": info.get("n_parameters", np.nan),
                      "non-embedding": info.get("n_non_embedding_parameters", np.nan), "BLiMP accuracy": blimp,
-                     "disk": _size(_disk(layout.root)), "notebooks": _notebook_links(run, name)})
+                     "disk": _size(folder_bytes(layout.root)), "notebooks": _notebook_links(run, name)})
     frame = pd.DataFrame(rows, columns=["unit", "model", "revision", "step", "parameters", "non-embedding",
                                         "BLiMP accuracy", "disk", "notebooks"])
     for column in ("step", "parameters", "non-embedding"):
@@ -270,7 +266,7 @@ def build_report(run_dir, units: Sequence[str] | None = None) -> str:
     run_nbs = " ".join(f'<a href="{quote(p.name)}">{esc(p.name)}</a>' for p in sorted(run.root.glob("[0-9][0-9]_*.ipynb")))
     sections = {
         "run": ("What was run", table_html(overview, "units", raw=["notebooks"])
-                + paragraph(f"Disk used by the units: {_size(sum(_disk(run.unit(u).root) for u in overview['unit']))}.", "meta")),
+                + paragraph(f"Disk used by the units: {_size(sum(folder_bytes(run.unit(u).root) for u in overview['unit']))}.", "meta")),
         "findings": ("Findings", _findings_section(tables) if have else none),
         "premise": ("FTGD's premise at the probing settings", _premise_section(run.root)),
         "blimp": ("BLiMP accuracy", (paragraph(fd.blimp_paragraph(tables))
