@@ -88,6 +88,20 @@ log-softmax 0.23 s, GELU 0.14 s, GPT-NeoX's rotary cat/copy/neg/mul about 0.3 s.
 backend and the eager attention were no faster (6.65 and 6.47 s against 6.48 s, medians of 3;
 margins within 5e-5). The remaining 0.6x above the floor is the model code's non-matmul work.
 
+Measured 2026-11-29 (seventh session), after the evaluation's batches were spread over the two
+cores, one batch per thread at one intra-op thread each (:mod:`taskspace_utils.cpu_threads`; margins
+bitwise the same). ``--tuned 3``, tiny-m, four alternations of the old (c32a6c6) and the new code,
+nothing else running; seconds per tuned task (wall); the last column puts every run's FLOPs against
+one common rate, 190 GFLOP/s (the median of the sixteen model-shape rates measured; the script's
+own ratio uses each run's higher rate, which one 130-152 GFLOP/s reading moves by 5-10 %):
+
+    code       tune s               evaluate s           67 x 67 min              wall / floor at 190
+    c32a6c6    2.70 2.32 2.79 2.30  6.50 5.98 6.66 6.24  10.38 9.37 10.66 9.65    1.55 1.40 1.60 1.44
+    threads    2.68 2.50 2.46 2.60  5.43 5.61 5.65 5.74   9.15 9.15  9.15 9.41    1.37 1.37 1.37 1.41
+
+The evaluation is 0.88x its former time (0.86-0.94x in in-process A/Bs on tiny-s, -m and -l);
+tuning, which needs autograd, is unchanged. The 1.5x target is met in all four runs.
+
     python benchmarks/bench_probing.py [--model tiny-m] [--tuned 3] [--threads 2] [--full] [--out result.json]
     python benchmarks/bench_probing.py --sweep [--model tiny-s]
 """

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 
 def reference_model():
-    from conftest import build_tiny_tokenizer, build_tiny_model
+    from conftest import build_tiny_tokenizer
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     tok = build_tiny_tokenizer(vocab_size=8192)

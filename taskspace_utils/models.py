@@ -51,26 +51,10 @@ import torch
 from .layout import SUITE_NAME_PATTERN, suite_root  # noqa: F401  (names of this module)
 
 __all__ = [
-    "ModelNotAvailableError",
-    "SUITE_NAME_PATTERN",
-    "load_model",
-    "check_available",
-    "parse_spec",
-    "suite_root",
-    "suite_checkpoint_dir",
-    "list_suite",
-    "default_device",
-    "resolve_dtype",
-    "accumulation_dtype",
-    "model_dtype",
-    "dtype_identity",
-    "count_parameters",
-    "describe_model",
-    "eval_mode",
-    "step0_spec",
-    "context_length",
+    "ModelNotAvailableError", "SUITE_NAME_PATTERN", "load_model", "check_available", "parse_spec", "suite_root",
+    "suite_checkpoint_dir", "list_suite", "default_device", "resolve_dtype", "accumulation_dtype", "model_dtype",
+    "dtype_identity", "count_parameters", "describe_model", "eval_mode", "step0_spec", "context_length",
 ]
-
 
 
 class ModelNotAvailableError(RuntimeError):
@@ -214,13 +198,24 @@ def _finish(model, tokenizer, device):
     return model, tokenizer
 
 
+#: Weight files of a ``save_pretrained`` folder or hub snapshot (one of them is enough).
+_WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+
+
+def _lacks(folder: Path) -> str | None:
+    """What a model folder lacks to be loaded (``config.json`` or a weights file), else ``None``."""
+    if not (folder / "config.json").exists():
+        return "config.json"
+    return None if any(next(folder.glob(p), None) for p in _WEIGHT_FILES) else " or ".join(_WEIGHT_FILES)
+
+
 def _local_folder(spec) -> Path | None:
-    """The folder of a local or suite spec (checked: a config.json, a built checkpoint), ``None``
-    for a hub name; :class:`ModelNotAvailableError` for a path-like spec that is no folder."""
+    """The folder of a local or suite spec (checked: config and weights, a built checkpoint),
+    ``None`` for a hub name; :class:`ModelNotAvailableError` for a path-like spec that is no folder."""
     path = Path(str(spec)).expanduser()
     if path.is_dir():
-        if not (path / "config.json").exists():
-            raise ModelNotAvailableError(f"{path}: folder has no config.json (not a save_pretrained model folder)")
+        if _lacks(path):
+            raise ModelNotAvailableError(f"{path}: folder has no {_lacks(path)} (not a save_pretrained model folder)")
         return path
     match = SUITE_NAME_PATTERN.match(str(spec).strip())
     if match:
@@ -240,10 +235,6 @@ def _not_cached(name: str, revision: str | None) -> str:
             "load_model('tiny-m') or load_model('tiny-m@step500').")
 
 
-#: Weight files of a ``save_pretrained`` folder or hub snapshot (one of them is enough).
-_WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
-
-
 def _cached_snapshot(name: str, revision: str | None) -> Path | None:
     """The local HF cache's snapshot of ``name`` at ``revision`` when it holds a config and weights."""
     from huggingface_hub import snapshot_download
@@ -252,8 +243,7 @@ def _cached_snapshot(name: str, revision: str | None) -> Path | None:
         folder = Path(snapshot_download(name, revision=revision, local_files_only=True))
     except Exception:  # noqa: BLE001 - any miss (no entry, bad name, partial cache) means "not cached"
         return None
-    has_weights = any(next(folder.glob(pattern), None) is not None for pattern in _WEIGHT_FILES)
-    return folder if (folder / "config.json").exists() and has_weights else None
+    return None if _lacks(folder) else folder
 
 
 def check_available(spec: str | os.PathLike, timeout: float = 10.0) -> str:

@@ -54,7 +54,7 @@ def test_a_run_on_a_device_that_is_not_here_writes_nothing(workspace, monkeypatc
 
 def test_check_available_finds_cached_snapshots_and_names_the_rest(hub_cache, tmp_path):
     """A cached snapshot with config and weights is found offline; a missing revision, a snapshot
-    without weights and an unknown name get load_model's message; local and suite specs as load_model."""
+    without weights and an unknown name get load_model's message; local and suite specs as load_model (a folder needs config and weights)."""
     assert check_available("test/alpha") == "hub cache"
     cache_hub_models(hub_cache, ["org/pythia-x"], revision="step3000")
     assert check_available("org/pythia-x@step3000") == "hub cache"
@@ -71,6 +71,9 @@ def test_check_available_finds_cached_snapshots_and_names_the_rest(hub_cache, tm
     with pytest.raises(ModelNotAvailableError, match="folder has no config.json"):
         check_available(tmp_path / "saved")
     (tmp_path / "saved" / "config.json").write_text("{}")
+    with pytest.raises(ModelNotAvailableError, match=r"folder has no \*\.safetensors or pytorch_model\*\.bin"):
+        check_available(tmp_path / "saved")
+    (tmp_path / "saved" / "model.safetensors").write_bytes(b"")
     assert check_available(tmp_path / "saved") == "local"
 
 

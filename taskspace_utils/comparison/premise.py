@@ -29,12 +29,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..layout import CONFIG, UnitLayout, run_layout, task_file_stem, unit_layout
+from ..layout import CONFIG, UnitLayout, task_file_stem, unit_layout
 
 __all__ = ["PREMISE_MAX_MEDIAN_CHANGE", "PREMISE_COLUMNS", "probe_premise", "premise_table", "plot_premise"]
 

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from ..batching import plan_batches
+from ..cpu_threads import for_each_batch
 from ..encoding import EncodedPairs, encode
 from ..models import eval_mode
 from ..padded import (
@@ -95,18 +96,21 @@ class PreparedEvaluation:
 
     def margins(self, model) -> np.ndarray:
         """``[N]`` float64 margins ``log p(good) - log p(bad)`` of every pair under ``model``
-        (eval mode, no gradient; the model's mode is restored)."""
+        (eval mode, no gradient; the model's mode is restored). On the CPU the batches are spread
+        over torch's threads (:func:`~taskspace_utils.cpu_threads.for_each_batch`)."""
         device = next(model.parameters()).device
         lp = np.zeros(self.n_rows, dtype=np.float64)
         with eval_mode(model):
             self._on(device)
+            tree = self.uses_tree(model)
+
+            def score(item) -> None:
+                idx, batch = item
+                sums = prefix_tree_sums(model, batch, len(idx)) if tree else token_logprob_sums(model, batch)
+                lp[idx] = sums.double().cpu().numpy()
+
             with torch.inference_mode():
-                if self.uses_tree(model):
-                    for idx, batch in self.tree_batches:
-                        lp[idx] = prefix_tree_sums(model, batch, len(idx)).double().cpu().numpy()
-                else:
-                    for idx, batch in self.batches:
-                        lp[idx] = token_logprob_sums(model, batch).double().cpu().numpy()
+                for_each_batch(score, self.tree_batches if tree else self.batches, device)
         good = np.where(self.good_row >= 0, lp[np.maximum(self.good_row, 0)], 0.0)
         bad = np.where(self.bad_row >= 0, lp[np.maximum(self.bad_row, 0)], 0.0)
         return good - bad
