@@ -18,13 +18,8 @@ __all__ = ["KERNEL_MALLOC_ENV", "intel_openmp_library", "kernel_environment"]
 #: mapping and faulting in fresh ones. Measured on 30 pre-training steps of tiny-l (2 threads):
 #: system time 11.0 -> 6.1 s, minor page faults 4.39M -> 2.51M; allocations over 32 MB (the
 #: pre-training logits) are still mapped by glibc whatever the setting. Results are unchanged.
-#: One arena (``MALLOC_ARENA_MAX=1``): the threads of :mod:`taskspace_utils.cpu_threads` allocate
-#: from the same heap as the main thread instead of warming up arenas of their own. Measured on
-#: notebooks 01 and 04 of ``tiny-m@step1000`` (``run_all.py --notebooks 01,04``): 758-775 k minor
-#: faults and 3.4-4.8 s system time with an arena per thread, 539 k and 3.1 s with one (477 k and
-#: 3.0-3.5 s before the threads); user time 114-115 s -> 110 s.
 KERNEL_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "4294967296",
-                     "MALLOC_TOP_PAD_": "268435456", "MALLOC_ARENA_MAX": "1"}
+                     "MALLOC_TOP_PAD_": "268435456"}
 
 
 def intel_openmp_library() -> str | None:
