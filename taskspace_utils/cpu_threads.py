@@ -44,9 +44,10 @@ def batch_threads(device) -> int:
 def for_each_batch(work: Callable[[object], None], items: Iterable, device) -> None:
     """Call ``work(item)`` for every item, :func:`batch_threads` items at a time.
 
-    With more than one thread, each thread takes the next item from ``items`` (under a lock, so a
-    lazy iterator is collated one item at a time) and runs it with torch's intra-op threads set to
-    1; the caller's intra-op thread count is restored afterwards. ``work`` must write its results
+    With more than one thread (the caller and ``n - 1`` started here), each takes the next item
+    from ``items`` (under a lock, so a lazy iterator is collated one item at a time) and runs it
+    with torch's intra-op threads set to 1; the caller's intra-op thread count is restored
+    afterwards. ``work`` must write its results
     itself, to disjoint places (e.g. ``out[index] = ...``). The caller's inference mode holds in
     the threads. The first exception stops the other threads after their current item and is
     raised here. Setting the intra-op thread count is process-wide: two calls from two threads of
@@ -76,10 +77,11 @@ def for_each_batch(work: Callable[[object], None], items: Iterable, device) -> N
 
     intra = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="taskspace-batch") as pool:
-            futures = [pool.submit(worker) for _ in range(n)]
+    try:  # the calling thread is one of the n: one thread (and malloc arena) fewer to start and warm up
+        with ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="taskspace-batch") as pool:
+            futures = [pool.submit(worker) for _ in range(n - 1)]
             try:
+                worker()
                 for future in futures:
                     future.result()
             finally:
