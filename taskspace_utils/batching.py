@@ -31,10 +31,17 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from .padded import DEFAULT_BATCH_TOKENS, batches_by_tokens, collate_token_ids, mask_weights, span_mask
-from .prefix_tree import DEFAULT_TREE_ROW_TOKENS, build_prefix_tree_rows, collate_prefix_tree, iter_prefix_tree_batches
+from .cpu_threads import for_each_batch
+from .padded import DEFAULT_BATCH_TOKENS, batches_by_tokens, collate_token_ids, mask_weights, span_mask, token_logprob_sums
+from .prefix_tree import (
+    DEFAULT_TREE_ROW_TOKENS,
+    build_prefix_tree_rows,
+    collate_prefix_tree,
+    iter_prefix_tree_batches,
+    prefix_tree_sums,
+)
 
-__all__ = ["BatchPlan", "plan_batches"]
+__all__ = ["BatchPlan", "plan_batches", "fill_logprob_sums"]
 
 
 class BatchPlan:
@@ -105,3 +112,21 @@ def plan_batches(ids: Sequence[Sequence[int]], prefix_id: int, pad_id: int, *, t
         n_positions = int(lengths.sum() + len(ids))
     return BatchPlan(ids, prefix_id, pad_id, tree, groups, n_positions, tree_rows, starts, ends, values,
                      weight_dtype, device)
+
+
+def fill_logprob_sums(model, batches, out: np.ndarray, *, tree: bool, device, bar=None) -> None:
+    """``out[rows] = `` each row's summed log-probability (float64) for every ``(rows, batch)`` of
+    ``batches`` (a :class:`BatchPlan` or its :meth:`~BatchPlan.collated` list): prefix-tree batches
+    through :func:`~taskspace_utils.prefix_tree.prefix_tree_sums`, padded ones through
+    :func:`~taskspace_utils.padded.token_logprob_sums`. Run under the caller's no-grad or inference
+    mode; on the CPU the batches are spread over torch's threads
+    (:func:`~taskspace_utils.cpu_threads.for_each_batch`). ``bar`` (tqdm) advances once per batch."""
+
+    def score(item) -> None:
+        rows, batch = item
+        sums = prefix_tree_sums(model, batch, len(rows)) if tree else token_logprob_sums(model, batch)
+        out[rows] = sums.double().cpu().numpy()
+        if bar is not None:
+            bar.update()
+
+    for_each_batch(score, batches, device)

@@ -214,8 +214,9 @@ def _local_folder(spec) -> Path | None:
     ``None`` for a hub name; :class:`ModelNotAvailableError` for a path-like spec that is no folder."""
     path = Path(str(spec)).expanduser()
     if path.is_dir():
-        if _lacks(path):
-            raise ModelNotAvailableError(f"{path}: folder has no {_lacks(path)} (not a save_pretrained model folder)")
+        lacks = _lacks(path)
+        if lacks:
+            raise ModelNotAvailableError(f"{path}: folder has no {lacks} (not a save_pretrained model folder)")
         return path
     match = SUITE_NAME_PATTERN.match(str(spec).strip())
     if match:

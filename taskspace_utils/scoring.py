@@ -38,8 +38,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .batching import plan_batches
-from .cpu_threads import for_each_batch
+from .batching import fill_logprob_sums, plan_batches
 from .encoding import EncodedPairs, encode, pad_token_id, prefix_token_id, tokenize_sentences
 from .models import context_length, eval_mode
 from .padded import DEFAULT_BATCH_TOKENS, collate_token_ids, encode_batch, token_logprob_sums
@@ -99,7 +98,7 @@ def sentence_logprobs(
     given. ``batch_size`` fixes the number of sentences per padded batch; otherwise batches hold
     at most ``batch_tokens`` positions. Results do not depend on packing or batch size beyond
     floating-point summation order (tested: < 1e-5 absolute in float32, 1e-10 in float64). On the
-    CPU the batches are spread over torch's threads (:func:`~taskspace_utils.cpu_threads.for_each_batch`).
+    CPU the batches are spread over torch's threads (:func:`~taskspace_utils.batching.fill_logprob_sums`).
     ``progress`` shows a tqdm bar (default: when there are more than 20 batches).
 
     Returns:
@@ -136,14 +135,7 @@ def sentence_logprobs(
                             row_tokens=row_tokens or DEFAULT_TREE_ROW_TOKENS, device=device)
         show = len(plan) > 20 if progress is None else progress
         with tqdm(total=len(plan), desc="scoring", unit="batch", disable=not show, leave=False) as bar:
-
-            def score(item) -> None:
-                index, batch = item
-                sums = prefix_tree_sums(model, batch, len(index)) if use_tree else token_logprob_sums(model, batch)
-                out[index] = sums.double().cpu().numpy()
-                bar.update()
-
-            for_each_batch(score, plan, device)
+            fill_logprob_sums(model, plan, out, tree=use_tree, device=device, bar=bar)
     return out[inverse]
 
 

@@ -13,8 +13,7 @@ import pytest
 import torch
 
 import taskspace_utils.cpu_threads as cpu_threads
-import taskspace_utils.probing.evaluation as evaluation
-import taskspace_utils.scoring as scoring
+import taskspace_utils.batching as batching
 from taskspace_utils.cpu_threads import batch_threads, for_each_batch
 from taskspace_utils.data import load_blimp, split_pairs
 from taskspace_utils.probing import prepare_evaluation
@@ -87,8 +86,7 @@ def test_threaded_scores_equal_the_one_thread_loop_bitwise(tiny_lm64, two_thread
     prepared = prepare_evaluation(tok, test, batch_tokens=64)
     assert len(prepared.tree_batches) > 4
     threaded = prepared.margins(model), sentence_logprobs(model, tok, sentences, batch_tokens=64)
-    monkeypatch.setattr(evaluation, "for_each_batch", sequential)
-    monkeypatch.setattr(scoring, "for_each_batch", sequential)
+    monkeypatch.setattr(batching, "for_each_batch", sequential)  # the one loop both go through
     one_thread = prepared.margins(model), sentence_logprobs(model, tok, sentences, batch_tokens=64)
     for a, b in zip(threaded, one_thread):
         assert np.array_equal(a, b)

@@ -22,11 +22,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..batching import plan_batches
-from ..cpu_threads import for_each_batch
+from ..batching import fill_logprob_sums, plan_batches
 from ..encoding import pad_token_id, prefix_token_id, tokenize_sentences
 from ..models import eval_mode
-from ..padded import DEFAULT_BATCH_TOKENS, token_logprob_sums
+from ..padded import DEFAULT_BATCH_TOKENS
 
 __all__ = ["PreparedTexts", "prepare_texts", "model_max_tokens", "perplexity", "validation_texts"]
 
@@ -100,7 +99,7 @@ class PreparedTexts:
     def logprob_sums(self, model, progress: bool | None = None) -> np.ndarray:
         """``[M]`` float64 ``log p(s)`` of every non-empty text under ``model`` (eval mode, no
         gradient; the model's mode is restored; on the CPU the batches are spread over torch's threads,
-        :func:`~taskspace_utils.cpu_threads.for_each_batch`)."""
+        :func:`~taskspace_utils.batching.fill_logprob_sums`)."""
         if model_max_tokens(model) < int(self.lengths.max()):
             raise ValueError(f"perplexity: texts of up to {int(self.lengths.max())} tokens, but the model scores at most "
                              f"{model_max_tokens(model)} (prepare_texts with max_tokens=model_max_tokens(model))")
@@ -112,13 +111,7 @@ class PreparedTexts:
         show = len(self.batches) > 20 if progress is None else progress
         with (eval_mode(model), torch.inference_mode(),
               tqdm(total=len(self.batches), desc="perplexity", unit="batch", disable=not show, leave=False) as bar):
-
-            def score(item) -> None:
-                idx, batch = item
-                out[idx] = token_logprob_sums(model, batch).double().cpu().numpy()
-                bar.update()
-
-            for_each_batch(score, self.batches, device)
+            fill_logprob_sums(model, self.batches, out, tree=False, device=device, bar=bar)
         return out
 
     def perplexity(self, model, progress: bool | None = None) -> float:

@@ -21,18 +21,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..batching import plan_batches
-from ..cpu_threads import for_each_batch
+from ..batching import fill_logprob_sums, plan_batches
 from ..encoding import EncodedPairs, encode
 from ..models import eval_mode
-from ..padded import (
-    DEFAULT_BATCH_TOKENS,
-    token_logprob_sums,
-)
-from ..prefix_tree import (
-    prefix_tree_sums,
-    supports_prefix_tree,
-)
+from ..padded import DEFAULT_BATCH_TOKENS
+from ..prefix_tree import supports_prefix_tree
 
 __all__ = ["PreparedEvaluation", "prepare_evaluation"]
 
@@ -97,20 +90,14 @@ class PreparedEvaluation:
     def margins(self, model) -> np.ndarray:
         """``[N]`` float64 margins ``log p(good) - log p(bad)`` of every pair under ``model``
         (eval mode, no gradient; the model's mode is restored). On the CPU the batches are spread
-        over torch's threads (:func:`~taskspace_utils.cpu_threads.for_each_batch`)."""
+        over torch's threads (:func:`~taskspace_utils.batching.fill_logprob_sums`)."""
         device = next(model.parameters()).device
         lp = np.zeros(self.n_rows, dtype=np.float64)
         with eval_mode(model):
             self._on(device)
             tree = self.uses_tree(model)
-
-            def score(item) -> None:
-                idx, batch = item
-                sums = prefix_tree_sums(model, batch, len(idx)) if tree else token_logprob_sums(model, batch)
-                lp[idx] = sums.double().cpu().numpy()
-
             with torch.inference_mode():
-                for_each_batch(score, self.tree_batches if tree else self.batches, device)
+                fill_logprob_sums(model, self.tree_batches if tree else self.batches, lp, tree=tree, device=device)
         good = np.where(self.good_row >= 0, lp[np.maximum(self.good_row, 0)], 0.0)
         bad = np.where(self.bad_row >= 0, lp[np.maximum(self.bad_row, 0)], 0.0)
         return good - bad
