@@ -1,5 +1,5 @@
 """The runner's kernel environment (taskspace_utils.pipeline.kernel_env.kernel_environment): the malloc
-settings, Intel's OpenMP runtime preloaded on Linux x86-64, the user's own settings left alone, and
+settings (and that they keep a large block's pages from one use to the next), Intel's OpenMP runtime preloaded on Linux x86-64, the user's own settings left alone, and
 the same numbers under either OpenMP runtime."""
 
 from __future__ import annotations
@@ -44,6 +44,39 @@ def test_malloc_settings_and_user_values_kept(monkeypatch):
     assert kernel_environment().items() >= KERNEL_MALLOC_ENV.items()
     monkeypatch.setenv("MALLOC_TOP_PAD_", "123")
     assert "MALLOC_TOP_PAD_" not in kernel_environment()  # the user's value is inherited, not replaced
+
+
+# A block larger than glibc's largest mmap threshold (32 MB), used again and again as the
+# pre-training logits are: minor page faults of the last uses, and the values as float64 bytes.
+_LARGE_BLOCK = r"""
+import json, resource, torch
+torch.set_num_threads(1)
+torch.manual_seed(0)
+x = torch.randn(2048, 8192)  # 64 MiB, as one step's logits of the suite (32 x 64 tokens, V = 8,192)
+faults, values = [], []
+for _ in range(12):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    y = torch.log_softmax(x, dim=-1) * 2.0
+    values.append(y[5, 7].item())
+    del y
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"faults": faults, "values": values}))
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc malloc settings")
+def test_malloc_settings_reuse_the_pages_of_large_blocks():
+    """Without the settings every use of a 64 MiB block maps fresh pages (2 x 16,384 page faults: the
+    log-softmax and the product); with them, after the heap has grown, the same pages are reused
+    and the numbers are the same."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    run = lambda env: json.loads(subprocess.run([sys.executable, "-c", _LARGE_BLOCK], env=base | env, capture_output=True,
+                                                text=True, check=True).stdout.strip().splitlines()[-1])
+    plain, tuned = run({}), run(KERNEL_MALLOC_ENV)
+    pages = 2048 * 8192 * 4 // 4096
+    assert min(plain["faults"][-4:]) >= pages  # glibc's default: mapped and unmapped at every use
+    assert max(tuned["faults"][-4:]) < pages // 10
+    assert tuned["values"] == plain["values"]
 
 
 @pytest.mark.skipif(not INTEL, reason="intel-openmp is a dependency on Linux x86-64 only")

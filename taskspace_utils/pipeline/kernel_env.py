@@ -13,12 +13,20 @@ from pathlib import Path
 __all__ = ["KERNEL_MALLOC_ENV", "intel_openmp_library", "kernel_environment"]
 
 
-#: glibc malloc settings for the kernels (unless the user set them): blocks up to 32 MB come from the
-#: heap and freed memory is kept (not trimmed), so the next batch's tensors reuse pages instead of
-#: mapping and faulting in fresh ones. Measured on 30 pre-training steps of tiny-l (2 threads):
-#: system time 11.0 -> 6.1 s, minor page faults 4.39M -> 2.51M; allocations over 32 MB (the
-#: pre-training logits) are still mapped by glibc whatever the setting. Results are unchanged.
-KERNEL_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "4294967296",
+#: glibc malloc settings for the kernels (unless the user set them): no block comes from its own
+#: ``mmap`` (``MALLOC_MMAP_MAX_=0``: every block comes from the heap) and freed memory is kept (not
+#: trimmed), so the next batch's tensors reuse pages instead of mapping and faulting in fresh ones.
+#: Why not a smaller change: glibc caps ``MALLOC_MMAP_THRESHOLD_`` at 32 MB, so before 2026-11-29 (when
+#: the threshold was that cap) every larger block was still mapped and unmapped per use: the
+#: pre-training logits and their gradients (32 x 64 tokens x 8,192 x 4 B = 67 MB each), hence ~55,000
+#: faults per training step. Measured 2026-11-29 in one process (2 threads, the rest of this
+#: environment), 80 steps of tiny-s: 4.39-4.44 M faults, 7.2-7.5 s system, 22.5-23.8 s wall ->
+#: 0.25 M, 0.6-0.7 s, 18.6-19.3 s; 40 steps of tiny-l: 3.17 M -> 0.37 M faults, 5.45 -> 0.89 s
+#: system, peak memory 1.49 -> 1.76 GB; the trained weights bitwise the same. Notebooks 01, 02 and 04
+#: of tiny-s (no block over 32 MB that recurs) are unchanged: 1.06-1.13 M faults, 4.1-4.4 s system
+#: either way, every result the same. The first setting (2026-11-25, the 32 MB threshold and
+#: no trimming) took 30 pre-training steps of tiny-l from 11.0 to 6.1 s system, 4.39 to 2.51 M faults.
+KERNEL_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "4294967296",
                      "MALLOC_TOP_PAD_": "268435456"}
 
 
