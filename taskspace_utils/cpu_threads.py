@@ -47,11 +47,11 @@ def for_each_batch(work: Callable[[object], None], items: Iterable, device) -> N
     With more than one thread (the caller and ``n - 1`` started here), each takes the next item
     from ``items`` (under a lock, so a lazy iterator is collated one item at a time) and runs it
     with torch's intra-op threads set to 1; the caller's intra-op thread count is restored
-    afterwards. ``work`` must write its results
-    itself, to disjoint places (e.g. ``out[index] = ...``). The caller's inference mode holds in
-    the threads. The first exception stops the other threads after their current item and is
-    raised here. Setting the intra-op thread count is process-wide: two calls from two threads of
-    the caller at once would each see the other's setting (the kit makes none).
+    afterwards. ``work`` must write its results itself, to disjoint places (e.g.
+    ``out[index] = ...``). The caller's inference mode holds in the threads. The first exception
+    stops the other threads after their current item and is raised here. Setting the intra-op
+    thread count is process-wide: two calls from two threads of the caller at once would each see
+    the other's setting (the kit makes none).
     """
     n = batch_threads(device)
     iterator = iter(items)

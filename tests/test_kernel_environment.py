@@ -32,9 +32,11 @@ print(json.dumps({"values": [c.double().sum().item(), s.item(), b.grad.double().
 """
 
 
-def _run(env: dict[str, str]) -> dict:
-    base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "KMP_BLOCKTIME")}
-    out = subprocess.run([sys.executable, "-c", _PROBE], env=base | env, capture_output=True, text=True, check=True)
+def _run(env: dict[str, str], code: str = _PROBE) -> dict:
+    """``code`` in a fresh interpreter with ``env`` over this one's environment, less the settings
+    under test (preload, OpenMP block time, glibc malloc); its last line of output as JSON."""
+    base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "KMP_BLOCKTIME") and not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", code], env=base | env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -69,10 +71,7 @@ def test_malloc_settings_reuse_the_pages_of_large_blocks():
     """Without the settings every use of a 64 MiB block maps fresh pages (2 x 16,384 page faults: the
     log-softmax and the product); with them, after the heap has grown, the same pages are reused
     and the numbers are the same."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    run = lambda env: json.loads(subprocess.run([sys.executable, "-c", _LARGE_BLOCK], env=base | env, capture_output=True,
-                                                text=True, check=True).stdout.strip().splitlines()[-1])
-    plain, tuned = run({}), run(KERNEL_MALLOC_ENV)
+    plain, tuned = _run({}, _LARGE_BLOCK), _run(KERNEL_MALLOC_ENV, _LARGE_BLOCK)
     pages = 2048 * 8192 * 4 // 4096
     assert min(plain["faults"][-4:]) >= pages  # glibc's default: mapped and unmapped at every use
     assert max(tuned["faults"][-4:]) < pages // 10
