@@ -95,3 +95,50 @@ def test_overlap_counts_per_module_give_the_jaccard_of_any_set_of_modules():
     want = (flat["a"] & flat["c"]).sum().item() / (flat["a"] | flat["c"]).sum().item()
     assert sums.intersection / (sums.size_task + sums.size_other - sums.intersection) == want
     assert int(inner.loc[("b", "b")].intersection) == int(np.sum([masks["b"][n].sum().item() for n in ("m1", "m2")]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("zeros", [0.0, 0.5, 0.98, 1.0])
+def test_the_accelerators_selection_returns_the_same_entry(dtype, zeros):
+    """``kth_largest_on_device`` (``topk``, used off the CPU) against numpy's ``kth_largest``, run
+    on the CPU: the same entry for every count, ties and zeros included."""
+    rng = np.random.default_rng(2)
+    values = np.abs(rng.standard_normal(5000)).astype(np.float32)
+    values[: int(zeros * values.size)] = 0
+    values[-40:] = values[-1]
+    rng.shuffle(values)
+    tensor = torch.from_numpy(values).to(dtype)
+    exact = G.subnetworks._numpy_exact(tensor)
+    for count in (1, 7, 40, 41, 100, 2500, 4999, 5000):
+        got = G.subnetworks.kth_largest_on_device(tensor, count)
+        assert got.dtype == dtype and got.shape == ()
+        assert float(got) == G.subnetworks.kth_largest(exact, count)
+
+
+@pytest.mark.parametrize("per_module", [False, True])
+def test_masks_are_the_same_whichever_selection_runs(monkeypatch, per_module):
+    """The masks with the accelerators' selection forced on the CPU equal the numpy ones, bit for
+    bit, on dense, tied and mostly-zero differentials."""
+    torch.manual_seed(0)
+    sparse = {"a": torch.zeros(300, 7), "b": torch.zeros(500)}
+    sparse["a"].view(-1)[torch.randperm(2100)[:30]] = torch.randn(30)
+    sparse["b"][torch.randperm(500)[:10]] = torch.randn(10)
+    cases = [random_diffs(0, False), random_diffs(1, True), sparse]
+    ks = (0.0, 0.005, 0.01, 0.1, 0.5, 1.0)
+    expected = [[G.subnetwork_masks(d, k, per_module) for k in ks] for d in cases]
+    monkeypatch.setattr(G.subnetworks, "_threshold", G.subnetworks.kth_largest_on_device)
+    for d, want in zip(cases, expected):
+        for k, masks in zip(ks, want):
+            got = G.subnetwork_masks(d, k, per_module)
+            assert all(torch.equal(got[n], masks[n]) for n in d)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_masks_on_cuda_equal_the_cpu_masks():
+    for diffs in (random_diffs(0, False), random_diffs(1, True)):
+        on_gpu = {n: t.cuda() for n, t in diffs.items()}
+        for k in (0.01, 0.1):
+            for per_module in (False, True):
+                want = G.subnetwork_masks(diffs, k, per_module)
+                got = G.subnetwork_masks(on_gpu, k, per_module)
+                assert all(got[n].is_cuda and torch.equal(got[n].cpu(), want[n]) for n in diffs)

@@ -23,14 +23,20 @@ __all__ = ["subnetwork_masks", "pack_masks", "packed_jaccard_space",
 
 
 def _flat_abs(differentials: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """``|D|`` of all tensors, flattened and concatenated in dict order, on their common device (on
+    the CPU when they are spread over several devices)."""
     parts = []
     for name, t in differentials.items():
         if not torch.is_floating_point(t):
             raise TypeError(f"differential {name!r}: expected a floating tensor, got {t.dtype}")
         if not torch.isfinite(t).all():
             raise ValueError(f"differential {name!r} has NaN or infinite entries")
-        parts.append(t.detach().reshape(-1).abs().cpu())
-    return torch.cat(parts) if parts else torch.zeros(0)
+        parts.append(t.detach().reshape(-1).abs())
+    if not parts:
+        return torch.zeros(0)
+    if len({p.device for p in parts}) > 1:
+        parts = [p.cpu() for p in parts]
+    return torch.cat(parts)
 
 
 def _numpy_exact(t: torch.Tensor) -> np.ndarray:
@@ -58,6 +64,34 @@ def kth_largest(values: np.ndarray, count: int) -> float:
     return float(positive[position])
 
 
+def kth_largest_on_device(values: torch.Tensor, count: int) -> torch.Tensor:
+    """:func:`kth_largest` of a tensor where it lives, for accelerators: the smallest of the
+    ``count`` largest positive entries (``torch.topk(..., sorted=False)``), as a 0-d tensor on
+    ``values``' device; ``0`` when fewer than ``count`` entries are positive. The same value as
+    :func:`kth_largest` (both return an entry of ``values``; tested on the CPU).
+
+    Why ``topk`` and not ``kthvalue`` or numpy there: CUDA's ``kthvalue`` selects within one thread
+    block per slice, about 20x slower than a sort on 100M entries (pytorch/pytorch#75599), while
+    ``topk`` spreads a large slice over many blocks (pytorch/pytorch#71081) and allocates only
+    ``count`` values and indices. On the host, numpy's selection alone takes 1.4 s for a
+    Pythia-160m-shaped differential (``benchmarks/bench_selection.py``), before the copy: 67 tasks
+    would spend most of the GPU benchmark's 60 s budget on it.
+    """
+    positive = values[values > 0]
+    if count > positive.numel():
+        return torch.zeros((), dtype=values.dtype, device=values.device)
+    return torch.topk(positive, int(count), sorted=False).values.min()
+
+
+def _threshold(values: torch.Tensor, count: int) -> torch.Tensor:
+    """The ``count``-th largest of the non-negative ``values`` as a 0-d tensor of their dtype, on
+    their device: numpy's selection on the CPU (:func:`kth_largest`, the faster there), ``topk`` on
+    an accelerator (:func:`kth_largest_on_device`)."""
+    if values.device.type == "cpu":
+        return torch.tensor(kth_largest(_numpy_exact(values), count), dtype=values.dtype)
+    return kth_largest_on_device(values, count)
+
+
 def _top_count(values: torch.Tensor, count: int) -> torch.Tensor:
     """Bool mask of the ``count`` largest of the non-negative ``values``; ties go to the lower
     flat index.
@@ -69,10 +103,10 @@ def _top_count(values: torch.Tensor, count: int) -> torch.Tensor:
     n = values.numel()
     count = int(count)
     if count <= 0:
-        return torch.zeros(n, dtype=torch.bool)
+        return torch.zeros(n, dtype=torch.bool, device=values.device)
     if count >= n:
-        return torch.ones(n, dtype=torch.bool)
-    threshold = torch.tensor(kth_largest(_numpy_exact(values), count), dtype=values.dtype)  # exact: an entry of values
+        return torch.ones(n, dtype=torch.bool, device=values.device)
+    threshold = _threshold(values, count)  # exact: an entry of values
     mask = values > threshold
     need = count - int(mask.sum())
     ties = torch.nonzero(values == threshold).reshape(-1)[:need]
@@ -89,7 +123,8 @@ def subnetwork_masks(differentials: Mapping[str, torch.Tensor], k: float, per_mo
     lower flat index, so the mask is deterministic (computed with a selection of the threshold, not a
     full sort). ``per_module=True``: ``round(k * numel)`` within
     every parameter tensor, so every tensor (embedding, each layer's attention and MLP weights,
-    norms) is represented. Returns ``{name: BoolTensor}`` with the parameters' shapes (on CPU).
+    norms) is represented. Returns ``{name: BoolTensor}`` with the parameters' shapes, on the
+    differentials' device (the selection runs there: :func:`_threshold`).
     """
     k = float(k)
     if not 0.0 <= k <= 1.0:
