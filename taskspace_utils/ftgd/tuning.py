@@ -134,7 +134,7 @@ def _step_masks(params, config, generator):
     """Per-step masks (``mask_mode="per_step"``): top-k of the step's ``|gradient|`` for FTGD."""
     if config.control == "random_mask":
         return _random_masks(params, config.k, config.per_module, generator)
-    # float32 at least: the top-k selection runs through numpy, which has no bfloat16
+    # float32 at least: on the CPU the top-k selection runs through numpy, which has no bfloat16
     grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).to(accumulation_dtype(p.dtype))
              for n, p in params.items()}
     return subnetwork_masks(grads, config.k, per_module=config.per_module)
