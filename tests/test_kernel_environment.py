@@ -56,7 +56,7 @@ torch.set_num_threads(1)
 torch.manual_seed(0)
 x = torch.randn(2048, 8192)  # 64 MiB, as one step's logits of the suite (32 x 64 tokens, V = 8,192)
 faults, values = [], []
-for _ in range(12):
+for _ in range(20):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     y = torch.log_softmax(x, dim=-1) * 2.0
     values.append(y[5, 7].item())
@@ -70,11 +70,15 @@ print(json.dumps({"faults": faults, "values": values}))
 def test_malloc_settings_reuse_the_pages_of_large_blocks():
     """Without the settings every use of a 64 MiB block maps fresh pages (2 x 16,384 page faults: the
     log-softmax and the product); with them, after the heap has grown, the same pages are reused
-    and the numbers are the same."""
+    and the numbers are the same.
+
+    "Most of the last ten uses", not all: the heap stops growing after 6-8 uses, but in some runs one
+    later use faults one block's pages in again (16,384 faults, as late as the 17th use of 40 in 58
+    runs on 2026-11-30, and at the 10th of 12 once on CI), while glibc's default faults at every use."""
     plain, tuned = _run({}, _LARGE_BLOCK), _run(KERNEL_MALLOC_ENV, _LARGE_BLOCK)
     pages = 2048 * 8192 * 4 // 4096
-    assert min(plain["faults"][-4:]) >= pages  # glibc's default: mapped and unmapped at every use
-    assert max(tuned["faults"][-4:]) < pages // 10
+    assert min(plain["faults"][-10:]) >= pages  # glibc's default: mapped and unmapped at every use
+    assert sum(f < pages // 10 for f in tuned["faults"][-10:]) >= 8, tuned["faults"]
     assert tuned["values"] == plain["values"]
 
 
