@@ -18,7 +18,8 @@ The 160m shape's code path has run on a CPU (2 cores, 2026-11-30; ``--device cpu
 trained in 3.6 s, every stage finite in both dtypes, peak resident set 4.7 GiB).
 If the budget is tight, run the stages separately (``--stages scoring``, ``--stages
 differentials``, ``--stages transfer``; ``--dtypes bfloat16``), or ``--quick`` (scoring on 20
-pairs per task, the transfer space from 8 tuned tasks, extrapolated as in ``bench_probing.py``).
+pairs per task, the transfer space from 8 tuned tasks, extrapolated as in ``bench_probing.py``, their
+tuning scaled to the mean task's FLOPs).
 The CPU smoke mode that the tests run: ``--device cpu --shape tiny --tasks 3``.
 
 What it builds. A byte-level BPE tokenizer trained on the bundled corpus
@@ -65,7 +66,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_probing import forward_flops, shapes, tuning_counts
+from bench_probing import forward_flops, sample_flop_scales, shapes, tuning_counts
 
 STAGES = ("scoring", "differentials", "transfer")
 SHAPES = {
@@ -230,10 +231,14 @@ def run_stage(stage, model, tok, pairs, args, device, s) -> dict:
     sync(device)
     seconds = time.perf_counter() - started
     shutil.rmtree(folder, ignore_errors=True)
-    if len(tuned) < n:  # eval1 + n x (tune + eval2), from the tuned tasks measured
-        per_task = (result.timings["tune_seconds"] + result.timings["eval_seconds"]).mean()
+    scale = 1.0
+    if len(tuned) < n:  # eval1 + n x (tune + eval2), from the tuned tasks measured, their tuning (and
+        # its differential) scaled to the mean task's FLOPs (bench_probing.sample_flop_scales)
+        scale = sample_flop_scales(tok, s, train, train[train.task.isin(tuned)], config.ftgd)["tune"]
+        per_task = (scale * result.timings["tune_seconds"] + result.timings["eval_seconds"]).mean()
         seconds = seconds + (n - len(tuned)) * per_task
     return {"seconds": seconds, "items": n * n, "unit": "entries/s", "extrapolated_from_tuned": len(tuned),
+            "tune_flop_scale": scale,
             "finite": bool(np.isfinite(result.margin.to_numpy()).all()),
             "flops": f_eval * (n + 1) + n * (f_tune + f_diff / n)}
 

@@ -201,6 +201,20 @@ def tuning_counts(tokenizer, train, config) -> dict:
             "differential": {"tokens": tok.sum(), "head": head.sum(), "attn": 2 * (width ** 2).sum(), "sentences": 2 * len(g)}}
 
 
+def sample_flop_scales(tokenizer, s: dict, train, sample, config) -> dict:
+    """``{"tune", "differential"}``: the FLOPs of the mean task of ``train`` over those of the mean
+    task of ``sample`` (a subset of its tasks), for one FTGD run and one task differential. A
+    sample's measured times are multiplied by these before they are extrapolated to all tasks: the
+    tasks' sentence lengths differ (tiny-m's tuning FLOPs span 3.7x over the 67 tasks)."""
+    def mean_task(frame):
+        c = tuning_counts(tokenizer, frame, config)
+        flops = {kind: 3 * forward_flops(s, c[kind]["tokens"], c[kind]["head"], c[kind]["attn"]) for kind in c}
+        return {"tune": flops["tune"], "differential": flops["differential"] / frame["task"].nunique()}
+
+    everything, sampled = mean_task(train), mean_task(sample)
+    return {kind: everything[kind] / sampled[kind] for kind in everything}
+
+
 def timed(fn):
     wall, cpu = time.perf_counter(), time.process_time()
     out = fn()
@@ -263,14 +277,10 @@ def bench_speed(args):
     f_tune = 3 * forward_flops(s, counts["tune"]["tokens"], counts["tune"]["head"], counts["tune"]["attn"])
     f_diff = 3 * forward_flops(s, counts["differential"]["tokens"], counts["differential"]["head"], counts["differential"]["attn"])
     full_flops = f_eval * (n_tasks + 1) + f_tune * n_tasks
-    # The tuned tasks' sentences are shorter than the average task's, so their tuning and differential
-    # times are scaled by the FLOP ratio (all tasks / tuned tasks) before they are extrapolated:
-    # tiny-m's tasks' tuning FLOPs span 3.7x, and the first three TUNED tasks sit at 0.70x the mean.
-    # Unscaled, the extrapolation read 1.22-1.27x the floor on 2026-11-30 while the same day's --full
-    # runs measured 1.40-1.52x (their tuning took 2.9-3.0 s a task against the sample's 1.9-2.1 s).
-    sample = tuning_counts(tok, train, config.ftgd)
-    tune_scale = f_tune / (3 * forward_flops(s, *(sample["tune"][k] for k in ("tokens", "head", "attn"))))
-    diff_scale = f_diff * len(tuned) / (3 * forward_flops(s, *(sample["differential"][k] for k in ("tokens", "head", "attn"))))
+    # the tuned tasks' times scaled to the mean task's FLOPs (the docstring's 2026-11-30 table: unscaled,
+    # the first three TUNED tasks, at 0.70x the mean, made the extrapolation read low)
+    scales = sample_flop_scales(tok, s, pairs[pairs.split == "train"], train, config.ftgd)
+    tune_scale, diff_scale = scales["tune"], scales["differential"]
     full_wall = eval_wall + n_tasks * (tune_scale * tune_wall + eval2_wall)
     full_cpu = eval_cpu + n_tasks * (tune_scale * tune_cpu + eval2_cpu)
     rate = max(rate_before["model_shape"]["wall"], rate_after["model_shape"]["wall"])

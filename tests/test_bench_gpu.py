@@ -53,3 +53,34 @@ def test_bench_gpu_cpu_mode(tmp_path):
     assert len(saved["rows"]) == 6 and saved["info"]["tasks"] == 3
     table = (tmp_path / "bench_gpu.md").read_text()
     assert table.count("\n| ") == 7 and "bfloat16" in table
+
+
+def test_sample_flop_scales_are_the_mean_tasks_over_the_samples(tiny_tokenizer):
+    """``bench_probing.sample_flop_scales`` against the same ratio built task by task: the mean of the
+    tasks' own FLOPs over the mean of the sampled tasks' (pooled there, per task here)."""
+    from bench_probing import forward_flops, sample_flop_scales, tuning_counts
+
+    from taskspace_utils.data import load_blimp, split_pairs
+    from taskspace_utils.ftgd import FTGDConfig
+
+    blimp = load_blimp()
+    names = sorted(blimp.task.unique())[:4]
+    pairs = split_pairs(blimp[blimp.task.isin(names)], 20, 20, seed=0)
+    train = pairs[pairs.split == "train"]
+    shape = {"d": 32, "layers": 2, "head": 32 * 400, "body_matmul": 30_000}
+    config = FTGDConfig()
+
+    def per_task(kind):
+        out = {}
+        for task, frame in train.groupby("task"):
+            c = tuning_counts(tiny_tokenizer, frame, config)[kind]
+            out[task] = 3 * forward_flops(shape, c["tokens"], c["head"], c["attn"])
+        return out
+
+    sample = names[:2]
+    for kind in ("tune", "differential"):
+        flops = per_task(kind)
+        want = np.mean([flops[t] for t in names]) / np.mean([flops[t] for t in sample])
+        got = sample_flop_scales(tiny_tokenizer, shape, train, train[train.task.isin(sample)], config)[kind]
+        assert np.isclose(got, want, rtol=1e-12) and got != 1.0
+    assert sample_flop_scales(tiny_tokenizer, shape, train, train, config) == {"tune": 1.0, "differential": 1.0}

@@ -11,6 +11,26 @@ from gradients_reference import random_diffs
 from taskspace_utils import gradients as G
 
 
+def _order_statistic_values(seed, zeros):
+    """5,000 non-negative float32 values, the fraction ``zeros`` of them 0 and the last 40 tied
+    (ties among the positive entries too), shuffled."""
+    rng = np.random.default_rng(seed)
+    values = np.abs(rng.standard_normal(5000)).astype(np.float32)
+    values[: int(zeros * values.size)] = 0
+    values[-40:] = values[-1]
+    rng.shuffle(values)
+    return values
+
+
+def _mostly_zero_diffs(dtype=torch.float32):
+    """A summary's zero-filled differential: 40 nonzero entries among 2,600."""
+    torch.manual_seed(0)
+    diffs = {"a": torch.zeros(300, 7, dtype=dtype), "b": torch.zeros(500, dtype=dtype)}
+    diffs["a"].view(-1)[torch.randperm(2100)[:30]] = torch.randn(30).to(dtype)
+    diffs["b"][torch.randperm(500)[:10]] = torch.randn(10).to(dtype)
+    return diffs
+
+
 @pytest.mark.parametrize("k", [0.0, 0.03, 0.1, 0.25, 0.5, 1.0])
 @pytest.mark.parametrize("ties", [False, True])
 def test_subnetwork_masks_have_exactly_the_requested_size(k, ties):
@@ -32,11 +52,7 @@ def test_subnetwork_masks_have_exactly_the_requested_size(k, ties):
 
 @pytest.mark.parametrize("zeros", [0.0, 0.5, 0.98, 1.0])
 def test_kth_largest_is_the_sorted_order_statistic(zeros):
-    rng = np.random.default_rng(1)
-    values = np.abs(rng.standard_normal(5000)).astype(np.float32)
-    values[: int(zeros * values.size)] = 0
-    values[-40:] = values[-1]  # ties among the positive entries too
-    rng.shuffle(values)
+    values = _order_statistic_values(1, zeros)
     before = values.copy()
     descending = np.sort(values)[::-1]
     for count in (1, 7, 40, 41, 100, 2500, 4999, 5000):
@@ -47,10 +63,7 @@ def test_kth_largest_is_the_sorted_order_statistic(zeros):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_masks_of_mostly_zero_differentials_follow_the_stable_sort(dtype):
     """A summary's zero-filled differential: ties at zero go to the lower flat index."""
-    torch.manual_seed(0)
-    diffs = {"a": torch.zeros(300, 7, dtype=dtype), "b": torch.zeros(500, dtype=dtype)}
-    diffs["a"].view(-1)[torch.randperm(2100)[:30]] = torch.randn(30).to(dtype)
-    diffs["b"][torch.randperm(500)[:10]] = torch.randn(10).to(dtype)
+    diffs = _mostly_zero_diffs(dtype)
     flat = np.concatenate([t.reshape(-1).abs().float().numpy() for t in diffs.values()])
     for k in (0.005, 0.01, 0.05):
         expected = np.zeros(flat.size, dtype=bool)
@@ -102,12 +115,7 @@ def test_overlap_counts_per_module_give_the_jaccard_of_any_set_of_modules():
 def test_the_accelerators_selection_returns_the_same_entry(dtype, zeros):
     """``kth_largest_on_device`` (``topk``, used off the CPU) against numpy's ``kth_largest``, run
     on the CPU: the same entry for every count, ties and zeros included."""
-    rng = np.random.default_rng(2)
-    values = np.abs(rng.standard_normal(5000)).astype(np.float32)
-    values[: int(zeros * values.size)] = 0
-    values[-40:] = values[-1]
-    rng.shuffle(values)
-    tensor = torch.from_numpy(values).to(dtype)
+    tensor = torch.from_numpy(_order_statistic_values(2, zeros)).to(dtype)
     exact = G.subnetworks._numpy_exact(tensor)
     for count in (1, 7, 40, 41, 100, 2500, 4999, 5000):
         got = G.subnetworks.kth_largest_on_device(tensor, count)
@@ -119,11 +127,7 @@ def test_the_accelerators_selection_returns_the_same_entry(dtype, zeros):
 def test_masks_are_the_same_whichever_selection_runs(monkeypatch, per_module):
     """The masks with the accelerators' selection forced on the CPU equal the numpy ones, bit for
     bit, on dense, tied and mostly-zero differentials."""
-    torch.manual_seed(0)
-    sparse = {"a": torch.zeros(300, 7), "b": torch.zeros(500)}
-    sparse["a"].view(-1)[torch.randperm(2100)[:30]] = torch.randn(30)
-    sparse["b"][torch.randperm(500)[:10]] = torch.randn(10)
-    cases = [random_diffs(0, False), random_diffs(1, True), sparse]
+    cases = [random_diffs(0, False), random_diffs(1, True), _mostly_zero_diffs()]
     ks = (0.0, 0.005, 0.01, 0.1, 0.5, 1.0)
     expected = [[G.subnetwork_masks(d, k, per_module) for k in ks] for d in cases]
     monkeypatch.setattr(G.subnetworks, "_threshold", G.subnetworks.kth_largest_on_device)

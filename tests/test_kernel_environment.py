@@ -1,6 +1,7 @@
 """The runner's kernel environment (taskspace_utils.pipeline.kernel_env.kernel_environment): the malloc
-settings (and that they keep a large block's pages from one use to the next), Intel's OpenMP runtime preloaded on Linux x86-64, the user's own settings left alone, and
-the same numbers under either OpenMP runtime."""
+settings (and that they keep a large block's pages from one use to the next), Intel's OpenMP runtime
+preloaded on Linux x86-64, the user's own settings left alone, and the same numbers under either
+OpenMP runtime."""
 
 from __future__ import annotations
 
